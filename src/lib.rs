@@ -1,0 +1,3 @@
+pub mod domain;
+pub mod policy;
+pub mod api { pub mod pb { tonic::include_proto!("threadwarden.v1"); } }
