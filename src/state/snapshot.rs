@@ -1,0 +1,119 @@
+//! The state file: a versioned, length-prefixed stream of (key, state) records.
+//!
+//! Written to a temporary file beside the target, fsynced and renamed, so that a crash leaves
+//! either the old snapshot or the new one, never a torn file. Holds no message text: the
+//! states it stores have none.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use super::{Map, ThreadKey};
+use crate::policy::ThreadState;
+
+const MAGIC: &[u8; 8] = b"TWSNAP01";
+/// A record larger than this is corruption, not data.
+const MAX_RECORD: usize = 4096;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a threadwarden snapshot (bad header)")]
+    BadHeader { path: String },
+    #[error("{path}: corrupt record {index}: {reason}")]
+    Corrupt {
+        path: String,
+        index: usize,
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub(super) fn write(map: &Map, path: &Path) -> Result<usize, SnapshotError> {
+    let tmp = path.with_extension("tmp");
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(MAGIC).map_err(io(&tmp))?;
+    let mut count = 0usize;
+    let mut buf = Vec::with_capacity(256);
+    for entry in map.iter() {
+        buf.clear();
+        buf.extend_from_slice(&entry.key().0.to_le_bytes());
+        buf = postcard::to_extend(entry.value(), buf).map_err(|e| SnapshotError::Corrupt {
+            path: tmp.display().to_string(),
+            index: count,
+            reason: e.to_string(),
+        })?;
+        out.write_all(&(buf.len() as u32).to_le_bytes())
+            .and_then(|_| out.write_all(&buf))
+            .map_err(io(&tmp))?;
+        count += 1;
+    }
+    let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    // Make the rename itself durable.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(count)
+}
+
+pub(super) fn read(
+    path: &Path,
+    mut insert: impl FnMut(ThreadKey, ThreadState),
+) -> Result<usize, SnapshotError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut input = BufReader::new(file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(io(path))?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::BadHeader {
+            path: path.display().to_string(),
+        });
+    }
+    let corrupt = |index: usize, reason: String| SnapshotError::Corrupt {
+        path: path.display().to_string(),
+        index,
+        reason,
+    };
+    let mut count = 0usize;
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let mut len = [0u8; 4];
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io(path)(e)),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if !(16..=MAX_RECORD).contains(&len) {
+            return Err(corrupt(count, format!("record length {len}")));
+        }
+        buf.resize(len, 0);
+        input
+            .read_exact(&mut buf)
+            .map_err(|e| corrupt(count, e.to_string()))?;
+        let key = ThreadKey(u128::from_le_bytes(buf[..16].try_into().expect("16 bytes")));
+        let state: ThreadState =
+            postcard::from_bytes(&buf[16..]).map_err(|e| corrupt(count, e.to_string()))?;
+        insert(key, state);
+        count += 1;
+    }
+    Ok(count)
+}

@@ -1,0 +1,120 @@
+//! Store tests: TTL (with paused time), capacity eviction order, snapshot round trip.
+
+use super::*;
+use crate::policy::{Flags, ThreadState};
+
+fn store(capacity: usize, ttl_secs: u64) -> ThreadStore {
+    ThreadStore::new(StoreConfig {
+        idle_ttl: Duration::from_secs(ttl_secs),
+        capacity,
+        sweep_interval: Duration::from_secs(1),
+    })
+}
+
+fn touch(store: &ThreadStore, key: ThreadKey) {
+    let now = store.now();
+    store.with_thread(key, |s| s.last_active = now);
+}
+
+#[test]
+fn keys_separate_tenants_and_ids() {
+    assert_ne!(ThreadKey::new("a", "bc"), ThreadKey::new("ab", "c"));
+    assert_ne!(ThreadKey::new("t1", "x"), ThreadKey::new("t2", "x"));
+    assert_eq!(ThreadKey::new("t", "x"), ThreadKey::new("t", "x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_threads_expire_after_the_ttl() {
+    let s = store(100, 60);
+    touch(&s, ThreadKey(1));
+    tokio::time::advance(Duration::from_secs(45)).await;
+    touch(&s, ThreadKey(2));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(s.evict_idle(), 1);
+    assert!(s.get(ThreadKey(1)).is_none());
+    assert!(s.get(ThreadKey(2)).is_some());
+    assert_eq!(s.evictions(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_evicts_on_its_own_and_stops_with_its_guard() {
+    let s = store(100, 10);
+    touch(&s, ThreadKey(1));
+    let guard = s.spawn_sweeper();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(s.get(ThreadKey(1)).is_none(), "swept");
+    drop(guard);
+    touch(&s, ThreadKey(2));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(s.get(ThreadKey(2)).is_some(), "no sweeper after the guard dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_capacity_evicts_least_recent_and_keeps_locked_threads() {
+    let s = store(64, 3600);
+    for i in 0..64u128 {
+        touch(&s, ThreadKey(i));
+        if i == 0 {
+            // The oldest thread is locked: it must outlive newer ordinary threads.
+            s.with_thread(ThreadKey(0), |st| st.flags.set(Flags::ENDED));
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    for i in 64..80u128 {
+        touch(&s, ThreadKey(i));
+    }
+    assert_eq!(s.len(), 80);
+    let evicted = s.evict_over_capacity();
+    assert_eq!(evicted, 80 - 64 + 1);
+    assert!(s.len() < 64);
+    assert!(s.get(ThreadKey(0)).is_some(), "locked thread kept");
+    assert!(s.get(ThreadKey(1)).is_none(), "oldest ordinary thread evicted");
+    assert!(s.get(ThreadKey(79)).is_some(), "newest kept");
+}
+
+#[tokio::test]
+async fn snapshot_round_trip_keeps_ended_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.bin");
+    let s = store(1000, 3600);
+    for i in 0..500u128 {
+        s.with_thread(ThreadKey(i), |st| {
+            st.turn = i as u32;
+            if i % 2 == 0 {
+                st.flags.set(Flags::ENDED);
+            }
+        });
+    }
+    assert_eq!(s.snapshot_to(&path).unwrap(), 500);
+    assert!(!path.with_extension("tmp").exists(), "temp file renamed away");
+    let restored = store(1000, 3600);
+    assert_eq!(restored.restore_from(&path).unwrap(), 500);
+    for i in 0..500u128 {
+        let st: ThreadState = restored.get(ThreadKey(i)).unwrap();
+        assert_eq!(st.turn, i as u32);
+        assert_eq!(st.ended(), i % 2 == 0);
+    }
+}
+
+#[test]
+fn corrupt_snapshots_are_rejected_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.bin");
+    std::fs::write(&path, b"not a snapshot").unwrap();
+    let s = store(10, 10);
+    let err = s.restore_from(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.bin") && err.contains("header"), "{err}");
+    let mut bytes = b"TWSNAP01".to_vec();
+    bytes.extend_from_slice(&9999u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let err = s.restore_from(&path).unwrap_err().to_string();
+    assert!(err.contains("corrupt record 0"), "{err}");
+}
+
+#[test]
+fn insert_new_refuses_a_taken_key() {
+    let s = store(10, 10);
+    touch(&s, ThreadKey(5));
+    assert_eq!(s.insert_new(ThreadKey(5), ThreadState::default(), |_| ()), Err(AlreadyExists));
+    assert_eq!(s.insert_new(ThreadKey(6), ThreadState::default(), |st| st.turn), Ok(0));
+}
