@@ -132,6 +132,11 @@ impl ThreadState {
         }
     }
 
+    /// True if this event id was decided recently on the thread.
+    pub fn has_event(&self, id: u64) -> bool {
+        self.recall(id).is_some()
+    }
+
     /// The stored verdict of a recently seen event id.
     pub(super) fn recall(&self, id: u64) -> Option<Verdict> {
         self.recent.iter().find(|(k, _)| *k == id && id != 0).map(|(_, v)| *v)

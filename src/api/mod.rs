@@ -1,0 +1,21 @@
+//! tonic glue: the generated types, validation, domain ↔ wire conversion, the error mapping,
+//! and the `ModerationService` implementation. A handler reads: decode → validate → decide →
+//! encode; the deciding is `crate::engine`'s.
+
+pub mod convert;
+mod error;
+mod service;
+pub mod validate;
+
+pub use error::EventError;
+pub use service::ModerationApi;
+
+/// The generated protobuf types and gRPC stubs of `threadwarden.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("threadwarden.v1");
+
+    /// The encoded descriptor set, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("threadwarden_descriptor");
+}

@@ -1,0 +1,116 @@
+//! `threadwarden check`: classify one text and explain it (rules fired, suppressors, scores),
+//! plus what the built-in policy would answer if it were a thread's first user turn.
+
+use serde_json::json;
+
+use crate::classify::Classifier;
+use crate::domain::{Category, Scores};
+use crate::policy::{self, Event, EventKind, Policy, ThreadState};
+
+fn first_turn(scores: &Scores) -> policy::Verdict {
+    let event = Event {
+        id: 1,
+        model: "",
+        rollout_hash: 0,
+        kind: EventKind::User,
+    };
+    policy::decide(&Policy::default(), &mut ThreadState::default(), &event, scores, 0)
+}
+
+fn signals(s: &Scores) -> [(&'static str, f32); 5] {
+    [
+        ("crisis_self", s.crisis_self),
+        ("crisis_others", s.crisis_others),
+        ("crisis_third_party", s.crisis_third_party),
+        ("end_request", s.end_request),
+        ("affirmation", s.affirmation),
+    ]
+}
+
+/// Prints the explanation of `text` as a table or JSON.
+pub fn run(text: &str, as_json: bool) {
+    let classifier = Classifier::builtin();
+    let ex = classifier.explain(text);
+    let verdict = first_turn(&ex.scores);
+    if as_json {
+        let hits: Vec<_> = ex
+            .hits
+            .iter()
+            .map(|h| {
+                json!({
+                    "rule": h.rule,
+                    "category": h.category.map(Category::name),
+                    "signal": h.signal,
+                    "weight": h.weight,
+                    "span": [h.span.0, h.span.1],
+                    "suppressed": h.suppressed,
+                })
+            })
+            .collect();
+        let categories: serde_json::Map<_, _> = Category::ALL
+            .into_iter()
+            .filter(|c| ex.scores.get(*c) > 0.0)
+            .map(|c| (c.name().to_string(), json!(ex.scores.get(c))))
+            .collect();
+        let sigs: serde_json::Map<_, _> = signals(&ex.scores)
+            .into_iter()
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let out = json!({
+            "normalized": ex.normalized,
+            "hits": hits,
+            "categories": categories,
+            "signals": sigs,
+            "truncated": ex.scores.truncated,
+            "first_turn": {
+                "action": verdict.action.name(),
+                "reason": verdict.reason.name(),
+                "crisis": verdict.crisis.map(|k| k.name()),
+            },
+        });
+        println!("{out:#}");
+        return;
+    }
+    println!("normalized: {}", ex.normalized);
+    if ex.hits.is_empty() {
+        println!("rules fired: none");
+    } else {
+        println!("rules fired:");
+        for h in &ex.hits {
+            let target = h
+                .category
+                .map(Category::name)
+                .or(h.signal)
+                .unwrap_or("-");
+            let note = if h.suppressed { "  (suppressed)" } else { "" };
+            println!(
+                "  {:<48} {:<26} {:>5.2}  [{}..{}]{note}",
+                h.rule, target, h.weight, h.span.0, h.span.1
+            );
+        }
+    }
+    println!("scores:");
+    let mut any = false;
+    for c in Category::ALL {
+        if ex.scores.get(c) > 0.0 {
+            println!("  {:<26} {:.2}", c.name(), ex.scores.get(c));
+            any = true;
+        }
+    }
+    for (name, v) in signals(&ex.scores) {
+        if v > 0.0 {
+            println!("  {name:<26} {v:.2}");
+            any = true;
+        }
+    }
+    if !any {
+        println!("  (all zero)");
+    }
+    let crisis = verdict.crisis.map(|k| format!(", crisis support: {}", k.name())).unwrap_or_default();
+    println!(
+        "as a first user turn: {} ({}){crisis}",
+        verdict.action.name(),
+        verdict.reason.name()
+    );
+}

@@ -1,0 +1,219 @@
+//! The command line: `serve`, `check`, `replay`, `policy validate`. Each flag can also come
+//! from a `THREADWARDEN_*` environment variable. Exit codes: 0 success, 1 failure, 64 (EX_USAGE)
+//! for a bad configuration, before any port is bound.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::server::{App, ServeConfig};
+use crate::state::StoreConfig;
+use crate::telemetry::{self, LogTarget};
+
+/// EX_USAGE from sysexits.h: the configuration given is wrong.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Turn-by-turn conversation moderation sidecar: continue, redirect or end.
+#[derive(Parser, Debug)]
+#[command(name = "threadwarden", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gRPC sidecar.
+    Serve(ServeArgs),
+    /// Classify one text and show which rules fired (TEXT, or stdin when absent).
+    Check {
+        /// The text to classify.
+        text: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run conversations from a JSONL file through the policy and print a verdict per event.
+    Replay {
+        /// The JSONL file (see examples/conversations/README.md for the format).
+        file: PathBuf,
+        /// Policy file; the built-in policy when absent.
+        #[arg(long, env = "THREADWARDEN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print one JSON verdict per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Check a policy file; errors name the file, line and field.
+    Validate {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print the built-in policy as YAML.
+    Defaults,
+}
+
+/// Flags of `serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default: a sidecar talks to its own pod.
+    #[arg(long, env = "THREADWARDEN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Policy file (YAML); the built-in policy when absent. Reloaded on SIGHUP or change.
+    #[arg(long, env = "THREADWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State file: restored at start, written periodically and on SIGTERM.
+    #[arg(long, env = "THREADWARDEN_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// How often the state file is written.
+    #[arg(long, env = "THREADWARDEN_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+    /// How long shutdown waits for open streams.
+    #[arg(long, env = "THREADWARDEN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Crisis directory override (YAML, same schema as the built-in one).
+    #[arg(long, env = "THREADWARDEN_CRISIS_DIRECTORY")]
+    pub crisis_directory: Option<PathBuf>,
+    /// Most threads held in memory; the least recently active are evicted beyond it.
+    #[arg(long, env = "THREADWARDEN_MAX_THREADS", default_value_t = 1_000_000)]
+    pub max_threads: usize,
+    /// Threads idle for longer are forgotten.
+    #[arg(long, env = "THREADWARDEN_IDLE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idle_ttl: Duration,
+    /// Largest decoded gRPC message, in bytes.
+    #[arg(long, env = "THREADWARDEN_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seed of the keyed hash standing for thread ids in logs (keep it secret and stable).
+    #[arg(long, env = "THREADWARDEN_HASH_SEED", hide_env_values = true)]
+    pub hash_seed: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn to_config(&self) -> ServeConfig {
+        let defaults = ServeConfig::default();
+        ServeConfig {
+            policy_path: self.config.clone(),
+            directory_path: self.crisis_directory.clone(),
+            state_file: self.state_file.clone(),
+            snapshot_interval: self.snapshot_interval,
+            grace: self.grace,
+            store: StoreConfig {
+                idle_ttl: self.idle_ttl,
+                capacity: self.max_threads,
+                ..StoreConfig::default()
+            },
+            max_message_bytes: self.max_message_bytes,
+            hash_seed: self.hash_seed.unwrap_or(defaults.hash_seed),
+            ..defaults
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check { text, json } => {
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    if let Err(e) = std::io::stdin().read_to_string(&mut t) {
+                        eprintln!("error: reading stdin: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    t
+                }
+            };
+            crate::check::run(&text, json);
+            ExitCode::SUCCESS
+        }
+        Command::Replay { file, config, json } => {
+            let _telemetry = telemetry::init(LogTarget::Stderr);
+            match crate::replay::run(&file, config.as_deref(), json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { 1 })
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Validate { file },
+        } => match crate::config::load_policy(&file) {
+            Ok(p) => {
+                println!("{}: ok (version {})", file.display(), p.version);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Defaults,
+        } => {
+            let yaml = serde_yaml::to_string(&crate::policy::Policy::default())
+                .expect("the built-in policy serialises");
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let _telemetry = telemetry::init(LogTarget::Stdout);
+    // Validate everything before binding: a bad configuration never takes the port.
+    let app = match App::build(args.to_config()) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            eprintln!("error: {e}");
+            return ExitCode::from(if e.is_usage() { EXIT_USAGE } else { 1 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
+            format!("binding {}: {e}", args.listen)
+        })?;
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %args.listen,
+                "listening on a non-loopback address without TLS or a token: any host that can reach it can read and end threads"
+            );
+        }
+        app.run(listener, crate::server::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Assembling and running the sidecar: the engine's parts, the gRPC server with health and
+//! reflection, and the background tasks (sweeper, snapshots, policy reload).
+//!
+//! `run` takes the listener and the shutdown signal as parameters (mini-redis), so tests bind
+//! `127.0.0.1:0` and stop the server with a oneshot. Shutdown: health NOT_SERVING, drain the
+//! streams within the grace period, write the snapshot.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::ModerationApi;
+use crate::api::pb::moderation_service_server::ModerationServiceServer;
+use crate::classify::Classifier;
+use crate::config::{self, ConfigError, Reloader};
+use crate::crisis::{Directory, DirectoryError};
+use crate::engine::Engine;
+use crate::policy::Policy;
+use crate::state::{SnapshotError, StoreConfig, ThreadStore};
+
+/// Everything `serve` is configured with, as values (tests never touch the environment).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Policy file; the built-in policy when absent.
+    pub policy_path: Option<PathBuf>,
+    /// Crisis directory override file; the built-in directory when absent.
+    pub directory_path: Option<PathBuf>,
+    /// Snapshot file, restored at start and written periodically and at shutdown.
+    pub state_file: Option<PathBuf>,
+    pub snapshot_interval: Duration,
+    /// How long shutdown waits for open streams to finish.
+    pub grace: Duration,
+    /// How often the policy file's modification time is checked.
+    pub reload_poll: Duration,
+    pub store: StoreConfig,
+    /// Largest decoded gRPC message accepted.
+    pub max_message_bytes: usize,
+    /// Seed of the keyed hash that stands for thread ids in logs.
+    pub hash_seed: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            policy_path: None,
+            directory_path: None,
+            state_file: None,
+            snapshot_interval: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+            reload_poll: Duration::from_secs(2),
+            store: StoreConfig::default(),
+            max_message_bytes: 4 * 1024 * 1024,
+            hash_seed: 0x7468_7265_6164_7764,
+        }
+    }
+}
+
+/// Why the sidecar could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A configuration file is invalid (exit code 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The crisis directory override is invalid (exit code 64).
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error("restoring state: {0}")]
+    Restore(#[source] SnapshotError),
+    #[error("writing the final snapshot: {0}")]
+    Snapshot(#[source] SnapshotError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServerError {
+    /// True for errors in the configuration the operator gave (EX_USAGE).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ServerError::Config(_) | ServerError::Directory(_))
+    }
+}
+
+/// A built sidecar, ready to serve: configuration is validated before any port is bound.
+pub struct App {
+    pub engine: Arc<Engine>,
+    policy_tx: watch::Sender<Arc<Policy>>,
+    config: ServeConfig,
+}
+
+impl App {
+    /// Loads and validates the policy and directory, restores the state file.
+    pub fn build(config: ServeConfig) -> Result<App, ServerError> {
+        let policy = match &config.policy_path {
+            Some(p) => config::load_policy(p)?,
+            None => Policy::default(),
+        };
+        let directory = match &config.directory_path {
+            Some(p) => Directory::load_file(p)?,
+            None => Directory::builtin(),
+        };
+        let store = ThreadStore::new(config.store.clone());
+        if let Some(path) = config.state_file.as_ref().filter(|p| p.exists()) {
+            let n = store.restore_from(path).map_err(ServerError::Restore)?;
+            tracing::info!(threads = n, "state restored");
+        }
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+        let engine = Engine::new(
+            store,
+            Arc::new(Classifier::builtin()),
+            policy_rx,
+            Arc::new(directory),
+            config.hash_seed,
+        );
+        Ok(App {
+            engine: Arc::new(engine),
+            policy_tx,
+            config,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains and snapshots.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let App {
+            engine,
+            policy_tx,
+            config,
+        } = self;
+        let store = engine.store().clone();
+        let _sweeper = store.spawn_sweeper();
+        let _reloader = config.policy_path.clone().map(|path| {
+            AbortOnDrop(tokio::spawn(
+                Reloader::new(path, policy_tx.clone(), config.reload_poll).run(),
+            ))
+        });
+        let _snapshotter = config.state_file.clone().map(|path| {
+            AbortOnDrop(tokio::spawn(snapshot_loop(
+                store.clone(),
+                path,
+                config.snapshot_interval,
+            )))
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let moderation = ModerationServiceServer::new(ModerationApi::new(engine.clone()))
+            .max_decoding_message_size(config.max_message_bytes);
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = listener.local_addr().ok();
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(moderation)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            });
+        let mut server = tokio::spawn(server);
+        health
+            .set_serving::<ModerationServiceServer<ModerationApi>>()
+            .await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        tracing::info!(listen = ?addr, policy_version = %engine.policy().version, "serving");
+
+        tokio::select! {
+            res = &mut server => {
+                // The server stopped on its own: that is a fault, not a shutdown.
+                return match res {
+                    Ok(r) => r.map_err(ServerError::from),
+                    Err(e) => panic!("server task failed: {e}"),
+                };
+            }
+            _ = shutdown => {}
+        }
+        tracing::info!(grace_ms = config.grace.as_millis() as u64, "shutting down: draining streams");
+        health
+            .set_not_serving::<ModerationServiceServer<ModerationApi>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(config.grace, &mut server).await {
+            Ok(Ok(Ok(()))) => tracing::info!("streams drained"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while draining"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed while draining"),
+            Err(_) => {
+                tracing::warn!("grace period elapsed; closing the remaining streams");
+                server.abort();
+            }
+        }
+        if let Some(path) = &config.state_file {
+            let store = store.clone();
+            let path = path.clone();
+            let n = tokio::task::spawn_blocking(move || store.snapshot_to(&path))
+                .await
+                .expect("snapshot task")
+                .map_err(ServerError::Snapshot)?;
+            tracing::info!(threads = n, "snapshot written");
+        }
+        Ok(())
+    }
+}
+
+async fn snapshot_loop(store: ThreadStore, path: PathBuf, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (s, p) = (store.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || s.snapshot_to(&p)).await {
+            Ok(Ok(n)) => tracing::debug!(threads = n, "snapshot written"),
+            Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
+            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,133 @@
+//! Shared helpers: a real server on 127.0.0.1:0 stopped by a oneshot, and event builders.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use threadwarden::api::pb;
+use threadwarden::api::pb::conversation_event::Payload;
+use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
+use threadwarden::server::{App, ServeConfig};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A running server; dropping `stop` (or sending on it) shuts it down.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), threadwarden::server::ServerError>>,
+}
+
+impl TestServer {
+    pub async fn client(&self) -> ModerationServiceClient<Channel> {
+        ModerationServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub async fn start_server(config: ServeConfig) -> TestServer {
+    let app = App::build(config).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(listener, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+pub async fn start() -> TestServer {
+    start_server(ServeConfig::default()).await
+}
+
+pub fn event(id: impl Into<String>, thread: &str, payload: Payload) -> pb::ConversationEvent {
+    pb::ConversationEvent {
+        event_id: id.into(),
+        thread_id: thread.into(),
+        tenant_id: "tenant-a".into(),
+        model: "claude-opus-4-1".into(),
+        locale: "en-GB".into(),
+        payload: Some(payload),
+        signals: vec![],
+    }
+}
+
+pub fn user(id: impl Into<String>, thread: &str, text: &str) -> pb::ConversationEvent {
+    event(id, thread, Payload::UserMessage(pb::UserMessage { text: text.into() }))
+}
+
+/// A user message labelled by the caller's own classifier (independent of ours).
+pub fn labelled(id: impl Into<String>, thread: &str, category: pb::Category, score: f32) -> pb::ConversationEvent {
+    let mut e = user(id, thread, "(text withheld in this test)");
+    e.signals.push(pb::Signal {
+        category: category as i32,
+        score,
+        source: "test".into(),
+    });
+    e
+}
+
+pub fn assistant(id: impl Into<String>, thread: &str, refused: bool, end: bool) -> pb::ConversationEvent {
+    event(
+        id,
+        thread,
+        Payload::AssistantMessage(pb::AssistantMessage {
+            text: "Sure, here is a summary.".into(),
+            refused,
+            end_conversation_requested: end,
+        }),
+    )
+}
+
+pub fn confirm_end(id: impl Into<String>, thread: &str) -> pb::ConversationEvent {
+    event(id, thread, Payload::ConfirmEnd(pb::ConfirmEnd {}))
+}
+
+pub fn fork(id: impl Into<String>, thread: &str, parent: &str, after_turn: u32) -> pb::ConversationEvent {
+    event(
+        id,
+        thread,
+        Payload::Fork(pb::ForkThread {
+            parent_thread_id: parent.into(),
+            after_turn,
+        }),
+    )
+}
+
+pub fn action(v: &pb::Verdict) -> pb::Action {
+    pb::Action::try_from(v.action).unwrap()
+}
+
+pub fn reason(v: &pb::Verdict) -> pb::Reason {
+    pb::Reason::try_from(v.reason).unwrap()
+}
+
+pub async fn evaluate(
+    client: &mut ModerationServiceClient<Channel>,
+    event: pb::ConversationEvent,
+) -> pb::Verdict {
+    client
+        .evaluate(pb::EvaluateRequest { event: Some(event) })
+        .await
+        .expect("evaluate")
+        .into_inner()
+        .verdict
+        .expect("verdict")
+}
