@@ -159,7 +159,10 @@ impl App {
             .max_decoding_message_size(config.max_message_bytes);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let addr = listener.local_addr().ok();
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
@@ -172,7 +175,7 @@ impl App {
             .set_serving::<ModerationServiceServer<ModerationApi>>()
             .await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        tracing::info!(listen = ?addr, policy_version = %engine.policy().version, "serving");
+        tracing::info!(listen = %addr, policy_version = %engine.policy().version, "serving");
 
         tokio::select! {
             res = &mut server => {

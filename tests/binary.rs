@@ -1,0 +1,205 @@
+//! The real binary: configuration errors, SIGTERM drain with snapshot, restart.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use threadwarden::api::pb;
+use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
+use tokio_stream::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
+
+/// Starts `serve` on an ephemeral port and returns the child and its address (read from the
+/// "serving" log line, so no port is guessed).
+fn spawn_serve(extra: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn threadwarden");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs that it is serving");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if v["message"] == "serving" {
+            let addr = v["listen"].as_str().unwrap().to_string();
+            return (child, addr, rx);
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_config_exits_64_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.yaml");
+    std::fs::write(&bad, "version: v1\nescalation:\n  warning_turn: lots\n").unwrap();
+    // Hold a port: if the server bound before validating, it would fail differently.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policy.yaml:3:") && stderr.contains("escalation.warning_turn"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("\"serving\""), "never started serving: {stdout}");
+}
+
+#[test]
+fn policy_validate_reports_ok_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "version: v9\nmode: shadow\n").unwrap();
+    let out = Command::new(BIN).args(["policy", "validate"]).arg(&good).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (version v9)"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: v9\nmode: sometimes\n").unwrap();
+    let out = Command::new(BIN).args(["policy", "validate"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:2:") && stderr.contains("mode"), "{stderr}");
+    // The built-in defaults print as a policy that validates.
+    let out = Command::new(BIN).args(["policy", "defaults"]).output().unwrap();
+    let defaults = dir.path().join("defaults.yaml");
+    std::fs::write(&defaults, &out.stdout).unwrap();
+    let out = Command::new(BIN).args(["policy", "validate"]).arg(&defaults).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let state_arg = state.to_str().unwrap().to_string();
+    let (mut child, addr, logs) = spawn_serve(&["--state-file", &state_arg, "--grace", "3s"]);
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    for t in 0..20 {
+        evaluate(&mut client, confirm_end(format!("e{t}"), &format!("locked-{t}"))).await;
+    }
+    // An open stream with events in flight when SIGTERM arrives.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut responses = client
+        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::ModerateRequest { event: Some(user("s1", "streamed", "hello")) }).await.unwrap();
+    assert!(responses.next().await.unwrap().is_ok());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap(),
+    );
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, 1, "SERVING");
+
+    let started = Instant::now();
+    sigterm(&child);
+    assert_eq!(watch.next().await.unwrap().unwrap().status, 2, "NOT_SERVING while draining");
+    // The stream still open during the drain: its events are still answered.
+    tx.send(pb::ModerateRequest { event: Some(user("s2", "streamed", "still there?")) }).await.unwrap();
+    let r = responses.next().await.unwrap().unwrap();
+    assert_eq!(r.event_id, "s2");
+    drop(tx);
+    assert!(responses.next().await.is_none(), "stream closes cleanly");
+    drop(client);
+    drop(health);
+    drop(watch);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "within the grace period (+ margin)");
+    assert!(state.exists(), "snapshot written on shutdown");
+    let logged: Vec<String> = logs.try_iter().collect();
+    assert!(logged.iter().any(|l| l.contains("snapshot written")), "{logged:?}");
+
+    // Restart: every ended thread is still ended.
+    let (mut child, addr, _logs) = spawn_serve(&["--state-file", &state_arg]);
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    for t in 0..20 {
+        let v = evaluate(&mut client, user(format!("r{t}"), &format!("locked-{t}"), "hello?")).await;
+        assert_eq!(reason(&v), pb::Reason::AlreadyEnded);
+    }
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: first\n").unwrap();
+    let (mut child, addr, _logs) = spawn_serve(&["--config", policy.to_str().unwrap()]);
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let v = evaluate(&mut client, user("h1", "t", "hi")).await;
+    assert_eq!(v.policy_version, "first");
+    let hup = |child: &Child| {
+        Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap()
+    };
+    let poll = |client: &mut ModerationServiceClient<_>, want: &'static str| {
+        let mut client = client.clone();
+        async move {
+            for i in 0..100 {
+                let v = evaluate(&mut client, user(format!("p{want}{i}"), "t", "hi")).await;
+                if v.policy_version == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    std::fs::write(&policy, "version: second\n").unwrap();
+    hup(&child);
+    assert!(poll(&mut client, "second").await, "new version after SIGHUP");
+    std::fs::write(&policy, "version: third\nmode: sometimes\n").unwrap();
+    hup(&child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = evaluate(&mut client, user("h-after", "t", "hi")).await;
+    assert_eq!(v.policy_version, "second", "a broken file keeps the running policy");
+    sigterm(&child);
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+}
