@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 
 use crate::server::{App, ServeConfig};
 use crate::state::StoreConfig;
-use crate::telemetry::{self, LogTarget};
+use crate::telemetry::decision_log::Sink;
+use crate::telemetry::{self, LogTarget, OtlpConfig};
 
 /// EX_USAGE from sysexits.h: the configuration given is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -99,9 +100,30 @@ pub struct ServeArgs {
     /// Seed of the keyed hash standing for thread ids in logs (keep it secret and stable).
     #[arg(long, env = "THREADWARDEN_HASH_SEED", hide_env_values = true)]
     pub hash_seed: Option<u64>,
+    /// Admin HTTP address for /metrics (Prometheus), /healthz and /readyz; off when absent.
+    #[arg(long, env = "THREADWARDEN_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Decision log sink: `stdout`, `off`, or a file path (JSON lines, appended).
+    #[arg(long, env = "THREADWARDEN_DECISION_LOG", default_value = "stdout")]
+    pub decision_log: String,
+    /// OTLP/gRPC collector endpoint for traces and metrics; nothing is exported when absent.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP metric export interval in milliseconds (the OpenTelemetry variable's unit).
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL")]
+    pub otlp_metrics_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
+    /// The decision-log sink these flags describe.
+    pub fn decision_log_sink(&self) -> Sink {
+        match self.decision_log.as_str() {
+            "stdout" | "-" => Sink::Stdout,
+            "off" | "" => Sink::Off,
+            path => Sink::File(PathBuf::from(path)),
+        }
+    }
+
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> ServeConfig {
         let defaults = ServeConfig::default();
@@ -118,6 +140,7 @@ impl ServeArgs {
             },
             max_message_bytes: self.max_message_bytes,
             hash_seed: self.hash_seed.unwrap_or(defaults.hash_seed),
+            decision_log: self.decision_log_sink(),
             ..defaults
         }
     }
@@ -144,7 +167,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Replay { file, config, json } => {
-            let _telemetry = telemetry::init(LogTarget::Stderr);
+            let _telemetry = telemetry::init(LogTarget::Stderr, &OtlpConfig::default(), None);
             match crate::replay::run(&file, config.as_deref(), json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -177,16 +200,6 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let _telemetry = telemetry::init(LogTarget::Stdout);
-    // Validate everything before binding: a bad configuration never takes the port.
-    let app = match App::build(args.to_config()) {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid configuration");
-            eprintln!("error: {e}");
-            return ExitCode::from(if e.is_usage() { EXIT_USAGE } else { 1 });
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -194,21 +207,55 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
-            format!("binding {}: {e}", args.listen)
-        })?;
-        if !args.listen.ip().is_loopback() {
-            tracing::warn!(
-                listen = %args.listen,
-                "listening on a non-loopback address without TLS or a token: any host that can reach it can read and end threads"
-            );
+    let config = args.to_config();
+    // The OTLP exporter's channel lives on the runtime: build telemetry inside it.
+    let otlp = OtlpConfig {
+        endpoint: args.otlp_endpoint.clone(),
+        metrics_interval: args.otlp_metrics_interval_ms.map(Duration::from_millis),
+    };
+    let telemetry = {
+        let _rt = runtime.enter();
+        telemetry::init(LogTarget::Stdout, &otlp, Some(config.metrics.clone()))
+    };
+    let code = runtime.block_on(serve_on(args, config));
+    // Flush spans and metrics while the runtime still drives the exporter.
+    drop(telemetry);
+    code
+}
+
+async fn serve_on(args: ServeArgs, config: ServeConfig) -> ExitCode {
+    // Validate everything before binding: a bad configuration never takes the port.
+    let mut app = match App::build(config) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            eprintln!("error: {e}");
+            return ExitCode::from(if e.is_usage() { EXIT_USAGE } else { 1 });
         }
-        app.run(listener, crate::server::shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: binding {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.listen,
+            "listening on a non-loopback address without TLS or a token: any host that can reach it can read and end threads"
+        );
+    }
+    if let Some(addr) = args.admin_listen {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => app = app.with_admin_listener(l),
+            Err(e) => {
+                eprintln!("error: binding the admin address {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match app.run(listener, crate::server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -5,7 +5,9 @@
 //! produce byte-identical verdicts. Logs no text: only hashed thread keys and decisions.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::convert::{Dress, verdict_to_pb};
@@ -15,6 +17,9 @@ use crate::crisis::Directory;
 use crate::domain::Scores;
 use crate::policy::{self, Action, Event, EventKind, ForkError, Policy};
 use crate::state::{ThreadKey, ThreadStore};
+use crate::telemetry::Metrics;
+use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::DecisionRecord;
 
 /// Bytes of text classified from each end of an over-long message.
 pub const DEFAULT_CLASSIFY_WINDOW: usize = 32 * 1024;
@@ -25,6 +30,33 @@ pub struct Decided {
     pub verdict: pb::Verdict,
     pub decision: policy::Verdict,
     pub scores: Scores,
+    /// A keyed hash of the thread key, safe for telemetry.
+    pub thread_hash: String,
+    /// Time spent classifying the text.
+    pub classify_time: Duration,
+    /// Time from the start of validation to the encoded verdict.
+    pub decide_time: Duration,
+}
+
+/// The engine's telemetry sinks.
+#[derive(Clone)]
+pub struct Sinks {
+    pub metrics: Arc<Metrics>,
+    pub decision_log: DecisionLog,
+    /// Seed of the keyed hash that stands for thread ids in telemetry.
+    pub hash_seed: u64,
+}
+
+impl Sinks {
+    /// Metrics only: no decision log.
+    pub fn quiet(hash_seed: u64) -> Sinks {
+        let metrics = Arc::new(Metrics::default());
+        Sinks {
+            decision_log: DecisionLog::off(metrics.clone()),
+            metrics,
+            hash_seed,
+        }
+    }
 }
 
 /// The decision engine: store, classifier, policy and crisis directory.
@@ -34,17 +66,17 @@ pub struct Engine {
     policy: watch::Receiver<Arc<Policy>>,
     directory: Arc<Directory>,
     classify_window: usize,
-    hash_seed: u64,
+    sinks: Sinks,
 }
 
 impl Engine {
-    /// An engine over its parts. `hash_seed` keys the thread hashes written to logs.
+    /// An engine over its parts.
     pub fn new(
         store: ThreadStore,
         classifier: Arc<Classifier>,
         policy: watch::Receiver<Arc<Policy>>,
         directory: Arc<Directory>,
-        hash_seed: u64,
+        sinks: Sinks,
     ) -> Engine {
         Engine {
             store,
@@ -52,8 +84,13 @@ impl Engine {
             policy,
             directory,
             classify_window: DEFAULT_CLASSIFY_WINDOW,
-            hash_seed,
+            sinks,
         }
+    }
+
+    /// The metrics this engine records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.sinks.metrics
     }
 
     /// The thread store.
@@ -68,13 +105,22 @@ impl Engine {
 
     /// A keyed hash of a thread key, safe to log (never the raw ids).
     pub fn log_hash(&self, key: ThreadKey) -> String {
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.0.to_le_bytes(), self.hash_seed);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.0.to_le_bytes(), self.sinks.hash_seed);
         format!("{h:016x}")
     }
 
-    /// Decides one event.
+    /// Decides one event; counts it, and logs notable decisions.
     pub fn decide(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
+        let result = self.decide_inner(event);
+        if let Err(e) = &result {
+            self.sinks.metrics.error(e.code());
+        }
+        result
+    }
+
+    fn decide_inner(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
         use pb::conversation_event::Payload;
+        let started = Instant::now();
         let payload = validate::event(event)?;
         let (kind, text) = match payload {
             Payload::UserMessage(m) => (EventKind::User, Some(m.text.as_str())),
@@ -92,6 +138,7 @@ impl Engine {
             Some(t) => self.classifier.classify_bounded(t, self.classify_window),
             None => Scores::default(),
         };
+        let classify_time = started.elapsed();
         validate::merge_signals(&mut scores, &event.signals);
 
         let policy = self.policy();
@@ -120,11 +167,36 @@ impl Engine {
                 scores: &scores,
             },
         );
-        self.log_decision(key, event, &decision, &policy);
+        let decide_time = started.elapsed();
+        let m = &self.sinks.metrics;
+        if text.is_some() {
+            m.classification.observe(classify_time);
+        }
+        m.decision.observe(decide_time);
+        m.decided(&DecisionRecord {
+            kind: match payload {
+                Payload::UserMessage(_) => 0,
+                Payload::AssistantMessage(_) => 1,
+                Payload::Fork(_) => 2,
+                Payload::ConfirmEnd(_) => 3,
+            },
+            action: decision.action,
+            reason: decision.reason,
+            enforced: decision.enforced,
+            shadow_action: decision.shadow_action,
+            warning: decision.warning,
+            crisis: decision.crisis,
+            replayed: decision.replayed,
+        });
+        let thread_hash = self.log_hash(key);
+        self.log_decision(&thread_hash, event, text, &decision, &scores, &policy);
         Ok(Decided {
             verdict,
             decision,
             scores,
+            thread_hash,
+            classify_time,
+            decide_time,
         })
     }
 
@@ -191,49 +263,81 @@ impl Engine {
             .ok_or_else(|| {
                 EventError::NotFound(format!("thread_id {:?} is not a known thread", req.thread_id))
             })?;
-        tracing::info!(
-            target: "threadwarden::decision",
-            record = "feedback",
-            event_id = %req.event_id,
-            thread = %self.log_hash(key),
-            rating = rating.as_str_name(),
-            has_comment = !req.comment.is_empty(),
-            ended = summary.ended,
-            policy_version = %self.policy().version,
-        );
+        let thumbs_up = rating == pb::Rating::ThumbsUp;
+        self.sinks.metrics.feedback(thumbs_up);
+        if self.sinks.decision_log.enabled() {
+            let policy = self.policy();
+            let mut record = json!({
+                "ts": unix_seconds(),
+                "record": "feedback",
+                "event_id": req.event_id,
+                "thread": self.log_hash(key),
+                "rating": if thumbs_up { "thumbs_up" } else { "thumbs_down" },
+                "has_comment": !req.comment.is_empty(),
+                "thread_ended": summary.ended,
+                "policy_version": policy.version,
+            });
+            if policy.log_content && !req.comment.is_empty() {
+                record["comment"] = json!(req.comment);
+            }
+            self.sinks.decision_log.record(&record);
+        }
         Ok(())
     }
 
     fn log_decision(
         &self,
-        key: ThreadKey,
+        thread_hash: &str,
         event: &pb::ConversationEvent,
+        text: Option<&str>,
         v: &policy::Verdict,
+        scores: &Scores,
         policy: &Policy,
     ) {
-        let notable = v.shadow_action == Action::End
+        let notable = (v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded)
             || v.warning
             || v.crisis.is_some()
             || v.end_denied.is_some();
-        if !notable || v.replayed {
+        if !notable || v.replayed || !self.sinks.decision_log.enabled() {
             return;
         }
-        tracing::info!(
-            target: "threadwarden::decision",
-            record = "decision",
-            event_id = %event.event_id,
-            thread = %self.log_hash(key),
-            action = v.action.name(),
-            shadow_action = v.shadow_action.name(),
-            reason = v.reason.name(),
-            warning = v.warning,
-            crisis = v.crisis.map(|k| k.name()).unwrap_or(""),
-            end_denied = v.end_denied.map(|d| d.code()).unwrap_or(""),
-            category = v.category.map(|c| c.name()).unwrap_or(""),
-            turn = v.summary.turn,
-            policy_version = %policy.version,
-        );
+        let categories: serde_json::Map<String, serde_json::Value> = crate::domain::Category::ALL
+            .into_iter()
+            .filter(|c| scores.get(*c) > 0.0)
+            .map(|c| (c.name().to_string(), json!(scores.get(c))))
+            .collect();
+        let mut record = json!({
+            "ts": unix_seconds(),
+            "record": "decision",
+            "event_id": event.event_id,
+            "thread": thread_hash,
+            "action": v.action.name(),
+            "shadow_action": v.shadow_action.name(),
+            "enforced": v.enforced,
+            "reason": v.reason.name(),
+            "warning": v.warning,
+            "crisis": v.crisis.map(|k| k.name()),
+            "end_denied": v.end_denied.map(|d| d.code()),
+            "category": v.category.map(|c| c.name()),
+            "categories": categories,
+            "turn": v.summary.turn,
+            "harmful_turns": v.summary.harmful_turns,
+            "policy_version": policy.version,
+        });
+        if policy.log_content {
+            if let Some(t) = text {
+                record["text"] = json!(t);
+            }
+        }
+        self.sinks.decision_log.record(&record);
     }
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The replay-ring id of an event id (never 0, which marks an empty slot).

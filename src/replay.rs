@@ -136,6 +136,7 @@ impl Line {
                     source: "replay".into(),
                 })
                 .collect(),
+            traceparent: String::new(),
         }
     }
 }
@@ -148,7 +149,7 @@ pub fn offline_engine(policy: Policy) -> Engine {
         Arc::new(Classifier::builtin()),
         rx,
         Arc::new(Directory::builtin()),
-        0,
+        crate::engine::Sinks::quiet(0),
     )
 }
 

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,9 +20,12 @@ use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::classify::Classifier;
 use crate::config::{self, ConfigError, Reloader};
 use crate::crisis::{Directory, DirectoryError};
-use crate::engine::Engine;
+use crate::engine::{Engine, Sinks};
 use crate::policy::Policy;
 use crate::state::{SnapshotError, StoreConfig, ThreadStore};
+use crate::telemetry::Metrics;
+use crate::telemetry::admin::{self, AdminState};
+use crate::telemetry::decision_log::{DecisionLog, DecisionLogWriter, Sink};
 
 /// Everything `serve` is configured with, as values (tests never touch the environment).
 #[derive(Clone, Debug)]
@@ -42,6 +46,10 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Seed of the keyed hash that stands for thread ids in logs.
     pub hash_seed: u64,
+    /// Where decision records go.
+    pub decision_log: Sink,
+    /// The metrics registry (shared with the OTLP exporter when there is one).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ServeConfig {
@@ -56,6 +64,8 @@ impl Default for ServeConfig {
             store: StoreConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
             hash_seed: 0x7468_7265_6164_7764,
+            decision_log: Sink::Off,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -77,12 +87,19 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("decision log: {0}")]
+    DecisionLog(#[source] std::io::Error),
+    #[error("admin listener: {0}")]
+    Admin(#[source] std::io::Error),
 }
 
 impl ServerError {
     /// True for errors in the configuration the operator gave (EX_USAGE).
     pub fn is_usage(&self) -> bool {
-        matches!(self, ServerError::Config(_) | ServerError::Directory(_))
+        matches!(
+            self,
+            ServerError::Config(_) | ServerError::Directory(_) | ServerError::DecisionLog(_)
+        )
     }
 }
 
@@ -91,6 +108,8 @@ pub struct App {
     pub engine: Arc<Engine>,
     policy_tx: watch::Sender<Arc<Policy>>,
     config: ServeConfig,
+    decision_log: DecisionLogWriter,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl App {
@@ -110,18 +129,32 @@ impl App {
             tracing::info!(threads = n, "state restored");
         }
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+        let (decision_log, writer) = DecisionLog::start(&config.decision_log, config.metrics.clone())
+            .map_err(ServerError::DecisionLog)?;
         let engine = Engine::new(
             store,
             Arc::new(Classifier::builtin()),
             policy_rx,
             Arc::new(directory),
-            config.hash_seed,
+            Sinks {
+                metrics: config.metrics.clone(),
+                decision_log,
+                hash_seed: config.hash_seed,
+            },
         );
         Ok(App {
             engine: Arc::new(engine),
             policy_tx,
             config,
+            decision_log: writer,
+            admin: None,
         })
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on this (already bound) listener.
+    pub fn with_admin_listener(mut self, listener: std::net::TcpListener) -> App {
+        self.admin = Some(listener);
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains and snapshots.
@@ -134,12 +167,17 @@ impl App {
             engine,
             policy_tx,
             config,
+            decision_log,
+            admin,
         } = self;
         let store = engine.store().clone();
+        let metrics = config.metrics.clone();
         let _sweeper = store.spawn_sweeper();
         let _reloader = config.policy_path.clone().map(|path| {
             AbortOnDrop(tokio::spawn(
-                Reloader::new(path, policy_tx.clone(), config.reload_poll).run(),
+                Reloader::new(path, policy_tx.clone(), config.reload_poll)
+                    .with_metrics(metrics.clone())
+                    .run(),
             ))
         });
         let _snapshotter = config.state_file.clone().map(|path| {
@@ -147,8 +185,29 @@ impl App {
                 store.clone(),
                 path,
                 config.snapshot_interval,
+                metrics.clone(),
             )))
         });
+        let ready = Arc::new(AtomicBool::new(false));
+        let _admin = match admin {
+            Some(listener) => {
+                listener.set_nonblocking(true).map_err(ServerError::Admin)?;
+                let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let router = admin::router(AdminState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    ready: ready.clone(),
+                });
+                tracing::info!(admin = %addr, "admin endpoints: /metrics /healthz /readyz");
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "admin server failed");
+                    }
+                })))
+            }
+            None => None,
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -175,6 +234,7 @@ impl App {
             .set_serving::<ModerationServiceServer<ModerationApi>>()
             .await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = %addr, policy_version = %engine.policy().version, "serving");
 
         tokio::select! {
@@ -188,6 +248,7 @@ impl App {
             _ = shutdown => {}
         }
         tracing::info!(grace_ms = config.grace.as_millis() as u64, "shutting down: draining streams");
+        ready.store(false, Ordering::Relaxed);
         health
             .set_not_serving::<ModerationServiceServer<ModerationApi>>()
             .await;
@@ -211,20 +272,32 @@ impl App {
                 .await
                 .expect("snapshot task")
                 .map_err(ServerError::Snapshot)?;
+            metrics.snapshot_written(unix_now());
             tracing::info!(threads = n, "snapshot written");
         }
+        decision_log.close();
         Ok(())
     }
 }
 
-async fn snapshot_loop(store: ThreadStore, path: PathBuf, every: Duration) {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn snapshot_loop(store: ThreadStore, path: PathBuf, every: Duration, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (s, p) = (store.clone(), path.clone());
         match tokio::task::spawn_blocking(move || s.snapshot_to(&p)).await {
-            Ok(Ok(n)) => tracing::debug!(threads = n, "snapshot written"),
+            Ok(Ok(n)) => {
+                metrics.snapshot_written(unix_now());
+                tracing::debug!(threads = n, "snapshot written");
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
             Err(e) => tracing::error!(error = %e, "snapshot task failed"),
         }

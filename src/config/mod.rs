@@ -108,16 +108,36 @@ pub struct Reloader {
     path: PathBuf,
     tx: watch::Sender<Arc<Policy>>,
     poll: Duration,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl Reloader {
     /// A reloader for `path` publishing on `tx`; polls the file's mtime every `poll`.
     pub fn new(path: PathBuf, tx: watch::Sender<Arc<Policy>>, poll: Duration) -> Reloader {
-        Reloader { path, tx, poll }
+        Reloader {
+            path,
+            tx,
+            poll,
+            metrics: None,
+        }
+    }
+
+    /// Counts reloads in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Reloader {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Loads the file and publishes it if valid; logs and keeps the old policy if not.
     pub fn reload(&self) -> bool {
+        let ok = self.try_reload();
+        if let Some(m) = &self.metrics {
+            m.reload(ok);
+        }
+        ok
+    }
+
+    fn try_reload(&self) -> bool {
         match load_policy(&self.path) {
             Ok(policy) => {
                 let version = policy.version.clone();

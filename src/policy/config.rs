@@ -188,6 +188,8 @@ pub struct Policy {
     pub thresholds: Thresholds,
     pub assistant_output: AssistantOutput,
     pub messages: Messages,
+    /// Include message text in decision-log records. Off by default: privacy first.
+    pub log_content: bool,
     #[serde(skip)]
     pub(crate) compiled: Compiled,
 }
@@ -247,6 +249,7 @@ impl Default for Policy {
             thresholds: Thresholds::default(),
             assistant_output: AssistantOutput::default(),
             messages: Messages::default(),
+            log_content: false,
             compiled: Compiled::default(),
         }
         .compile()

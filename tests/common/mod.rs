@@ -66,6 +66,7 @@ pub fn event(id: impl Into<String>, thread: &str, payload: Payload) -> pb::Conve
         locale: "en-GB".into(),
         payload: Some(payload),
         signals: vec![],
+        traceparent: String::new(),
     }
 }
 

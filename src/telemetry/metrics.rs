@@ -1,0 +1,363 @@
+//! Every metric instrument, in one file.
+//!
+//! Label sets are small and closed (actions × reasons, crisis kinds, error codes), so each
+//! metric is a fixed array of atomics indexed by enum: recording is one relaxed `fetch_add`,
+//! with no hashing and no lock on the hot path. The same atomics are rendered as Prometheus text
+//! (`/metrics`) and read by OpenTelemetry observable instruments (OTLP). No label ever carries
+//! a thread id, a tenant id or text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::domain::CrisisKind;
+use crate::policy::{Action, Reason};
+
+const ACTIONS: [Action; 3] = [Action::Continue, Action::Redirect, Action::End];
+const REASONS: [Reason; 10] = [
+    Reason::Benign,
+    Reason::HarmfulRequest,
+    Reason::Abuse,
+    Reason::Crisis,
+    Reason::PersistentHarm,
+    Reason::PersistentAbuse,
+    Reason::UserRequested,
+    Reason::ModelRequested,
+    Reason::AlreadyEnded,
+    Reason::AssistantOutput,
+];
+const CRISIS: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers, CrisisKind::ThirdParty];
+/// Event kinds, as labelled.
+pub const EVENT_KINDS: [&str; 4] = ["user_message", "assistant_message", "fork", "confirm_end"];
+/// Error codes, as labelled (`EventError::code` plus transport-level ones).
+pub const ERROR_CODES: [&str; 7] = [
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "FAILED_PRECONDITION",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "RESOURCE_EXHAUSTED",
+];
+const RATINGS: [&str; 2] = ["thumbs_up", "thumbs_down"];
+
+fn action_index(a: Action) -> usize {
+    a as usize
+}
+
+fn reason_index(r: Reason) -> usize {
+    r as usize
+}
+
+fn crisis_index(k: CrisisKind) -> usize {
+    CRISIS.iter().position(|c| *c == k).unwrap_or(0)
+}
+
+/// Upper bounds of the latency buckets, in seconds (1 µs to 100 ms).
+const BUCKETS: [f64; 15] = [
+    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
+    25e-3, 100e-3,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// The sum of observations, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_nanos.load(Relaxed) as f64 / 1e9
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(out, "{name}_sum {}", self.sum_seconds());
+        let _ = writeln!(out, "{name}_count {}", self.count());
+    }
+}
+
+/// All of threadwarden's metrics. Shared as `Arc<Metrics>`.
+#[derive(Default)]
+pub struct Metrics {
+    events: [AtomicU64; 4],
+    verdicts: [[[AtomicU64; 2]; 10]; 3],
+    ends: [AtomicU64; 10],
+    warnings: AtomicU64,
+    crisis: [AtomicU64; 3],
+    feedback: [AtomicU64; 2],
+    errors: [AtomicU64; ERROR_CODES.len()],
+    /// Time to decide one event (classification included), end to end inside the engine.
+    pub decision: Histogram,
+    /// Time to classify one message.
+    pub classification: Histogram,
+    open_streams: AtomicI64,
+    active_threads: AtomicI64,
+    evictions: AtomicU64,
+    /// Unix seconds of the last successful snapshot; 0 if none yet.
+    snapshot_unix: AtomicU64,
+    decision_log_dropped: AtomicU64,
+    reloads: [AtomicU64; 2],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("decisions", &self.decision.count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one decision contributes to the metrics.
+pub struct DecisionRecord {
+    pub kind: usize,
+    pub action: Action,
+    pub reason: Reason,
+    pub enforced: bool,
+    pub shadow_action: Action,
+    pub warning: bool,
+    pub crisis: Option<CrisisKind>,
+    pub replayed: bool,
+}
+
+impl Metrics {
+    /// Counts one decided event.
+    pub fn decided(&self, r: &DecisionRecord) {
+        self.events[r.kind.min(3)].fetch_add(1, Relaxed);
+        self.verdicts[action_index(r.action)][reason_index(r.reason)][usize::from(r.enforced)]
+            .fetch_add(1, Relaxed);
+        // ENDs, warnings and crisis routings count decisions, not retries of them.
+        if r.replayed {
+            return;
+        }
+        if r.shadow_action == Action::End && r.reason != Reason::AlreadyEnded {
+            self.ends[reason_index(r.reason)].fetch_add(1, Relaxed);
+        }
+        if r.warning {
+            self.warnings.fetch_add(1, Relaxed);
+        }
+        if let Some(k) = r.crisis {
+            self.crisis[crisis_index(k)].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts an error by its stable code.
+    pub fn error(&self, code: &str) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one piece of feedback.
+    pub fn feedback(&self, thumbs_up: bool) {
+        self.feedback[usize::from(!thumbs_up)].fetch_add(1, Relaxed);
+    }
+
+    /// A Moderate stream opened (+1) or closed (-1).
+    pub fn stream_delta(&self, delta: i64) {
+        self.open_streams.fetch_add(delta, Relaxed);
+    }
+
+    /// Open Moderate streams.
+    pub fn open_streams(&self) -> i64 {
+        self.open_streams.load(Relaxed)
+    }
+
+    /// Sets the store gauges (refreshed at scrape and export time).
+    pub fn set_store(&self, threads: usize, evictions: u64) {
+        self.active_threads.store(threads as i64, Relaxed);
+        self.evictions.store(evictions, Relaxed);
+    }
+
+    /// Notes a successful snapshot at `unix_secs`.
+    pub fn snapshot_written(&self, unix_secs: u64) {
+        self.snapshot_unix.store(unix_secs, Relaxed);
+    }
+
+    /// Counts a decision-log record dropped because the sink could not keep up.
+    pub fn decision_log_dropped(&self) {
+        self.decision_log_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a policy reload, accepted or rejected.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    fn snapshot_age(&self) -> f64 {
+        let at = self.snapshot_unix.load(Relaxed);
+        if at == 0 {
+            return -1.0;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(at);
+        now.saturating_sub(at) as f64
+    }
+
+    /// Visits every counter sample as (metric, labels, value); gauges via `gauges`.
+    pub fn counters(&self, mut f: impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
+        for (i, k) in EVENT_KINDS.iter().enumerate() {
+            f("threadwarden_events_total", vec![("kind", k)], self.events[i].load(Relaxed));
+        }
+        for a in ACTIONS {
+            for r in REASONS {
+                for enforced in [true, false] {
+                    let v = self.verdicts[action_index(a)][reason_index(r)][usize::from(enforced)]
+                        .load(Relaxed);
+                    if v > 0 {
+                        f(
+                            "threadwarden_verdicts_total",
+                            vec![
+                                ("action", a.name()),
+                                ("reason", r.name()),
+                                ("enforced", if enforced { "true" } else { "false" }),
+                            ],
+                            v,
+                        );
+                    }
+                }
+            }
+        }
+        for r in REASONS {
+            let v = self.ends[reason_index(r)].load(Relaxed);
+            if v > 0 || matches!(r, Reason::PersistentHarm | Reason::PersistentAbuse | Reason::UserRequested | Reason::ModelRequested) {
+                f("threadwarden_ends_total", vec![("reason", r.name())], v);
+            }
+        }
+        f("threadwarden_warnings_total", vec![], self.warnings.load(Relaxed));
+        for k in CRISIS {
+            f("threadwarden_crisis_routings_total", vec![("kind", k.name())], self.crisis[crisis_index(k)].load(Relaxed));
+        }
+        for (i, r) in RATINGS.iter().enumerate() {
+            f("threadwarden_feedback_total", vec![("rating", r)], self.feedback[i].load(Relaxed));
+        }
+        for (i, c) in ERROR_CODES.iter().enumerate() {
+            f("threadwarden_errors_total", vec![("code", c)], self.errors[i].load(Relaxed));
+        }
+        f("threadwarden_evictions_total", vec![], self.evictions.load(Relaxed));
+        f("threadwarden_decision_log_dropped_total", vec![], self.decision_log_dropped.load(Relaxed));
+        f("threadwarden_policy_reloads_total", vec![("result", "ok")], self.reloads[0].load(Relaxed));
+        f("threadwarden_policy_reloads_total", vec![("result", "rejected")], self.reloads[1].load(Relaxed));
+    }
+
+    /// Visits every gauge sample as (metric, value).
+    pub fn gauges(&self, mut f: impl FnMut(&'static str, f64)) {
+        f("threadwarden_active_threads", self.active_threads.load(Relaxed) as f64);
+        f("threadwarden_open_streams", self.open_streams.load(Relaxed) as f64);
+        f("threadwarden_snapshot_age_seconds", self.snapshot_age());
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let mut last = "";
+        self.counters(|name, labels, value| {
+            if name != last {
+                let help = help(name);
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                last = name;
+            }
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+            }
+        });
+        self.gauges(|name, value| {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} gauge\n{name} {value}", help(name));
+        });
+        self.decision.render(
+            &mut out,
+            "threadwarden_decision_duration_seconds",
+            "Time to decide one event, classification included.",
+        );
+        self.classification.render(
+            &mut out,
+            "threadwarden_classification_duration_seconds",
+            "Time to classify one message.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP threadwarden_build_info Build information.\n# TYPE threadwarden_build_info gauge\nthreadwarden_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+fn help(name: &str) -> &'static str {
+    match name {
+        "threadwarden_events_total" => "Events received, by kind.",
+        "threadwarden_verdicts_total" => "Verdicts sent, by action, reason and whether enforced.",
+        "threadwarden_ends_total" => "Threads ended (or that shadow mode would have ended), by reason.",
+        "threadwarden_warnings_total" => "Redirects that carried the warning.",
+        "threadwarden_crisis_routings_total" => "Verdicts that carried crisis support, by kind.",
+        "threadwarden_feedback_total" => "Feedback received, by rating.",
+        "threadwarden_errors_total" => "Events or calls rejected, by stable reason code.",
+        "threadwarden_evictions_total" => "Threads evicted (idle TTL or capacity).",
+        "threadwarden_decision_log_dropped_total" => "Decision-log records dropped because the sink fell behind.",
+        "threadwarden_policy_reloads_total" => "Policy reloads, by result.",
+        "threadwarden_active_threads" => "Threads held in memory.",
+        "threadwarden_open_streams" => "Open Moderate streams.",
+        "threadwarden_snapshot_age_seconds" => "Seconds since the last state snapshot (-1: none yet).",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_and_move() {
+        let m = Metrics::default();
+        let r = DecisionRecord {
+            kind: 0,
+            action: Action::End,
+            reason: Reason::PersistentHarm,
+            enforced: true,
+            shadow_action: Action::End,
+            warning: false,
+            crisis: None,
+            replayed: false,
+        };
+        m.decided(&r);
+        m.decided(&DecisionRecord { replayed: true, ..r });
+        m.error("NOT_FOUND");
+        m.decision.observe(Duration::from_micros(3));
+        let text = m.render();
+        assert!(text.contains("threadwarden_verdicts_total{action=\"end\",reason=\"persistent_harm\",enforced=\"true\"} 2"), "{text}");
+        assert!(text.contains("threadwarden_ends_total{reason=\"persistent_harm\"} 1"), "replays are not new ENDs");
+        assert!(text.contains("threadwarden_errors_total{code=\"NOT_FOUND\"} 1"));
+        assert!(text.contains("threadwarden_decision_duration_seconds_bucket{le=\"0.000005\"} 1"), "{text}");
+        assert!(text.contains("threadwarden_decision_duration_seconds_count 1"));
+    }
+}
