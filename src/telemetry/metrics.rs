@@ -41,6 +41,20 @@ pub const ERROR_CODES: [&str; 7] = [
 ];
 const RATINGS: [&str; 2] = ["thumbs_up", "thumbs_down"];
 
+/// Every counter's name (series with zero values may be omitted from a render, names never are).
+pub const COUNTER_NAMES: [&str; 10] = [
+    "threadwarden_events_total",
+    "threadwarden_verdicts_total",
+    "threadwarden_ends_total",
+    "threadwarden_warnings_total",
+    "threadwarden_crisis_routings_total",
+    "threadwarden_feedback_total",
+    "threadwarden_errors_total",
+    "threadwarden_evictions_total",
+    "threadwarden_decision_log_dropped_total",
+    "threadwarden_policy_reloads_total",
+];
+
 fn action_index(a: Action) -> usize {
     a as usize
 }
@@ -335,6 +349,22 @@ fn help(name: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rendered_counter_is_listed() {
+        let m = Metrics::default();
+        m.decided(&DecisionRecord {
+            kind: 0,
+            action: Action::Redirect,
+            reason: Reason::Abuse,
+            enforced: false,
+            shadow_action: Action::Redirect,
+            warning: true,
+            crisis: Some(CrisisKind::ThirdParty),
+            replayed: false,
+        });
+        m.counters(|name, _, _| assert!(COUNTER_NAMES.contains(&name), "{name}"));
+    }
 
     #[test]
     fn counters_render_and_move() {

@@ -182,13 +182,7 @@ fn register_observables(provider: &opentelemetry_sdk::metrics::SdkMeterProvider,
     use opentelemetry::KeyValue;
     use opentelemetry::metrics::MeterProvider as _;
     let meter = provider.meter("threadwarden");
-    let mut names: Vec<&'static str> = Vec::new();
-    m.counters(|name, _, _| {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    });
-    for name in names {
+    for name in metrics::COUNTER_NAMES {
         let m = m.clone();
         let otel_name = name.trim_end_matches("_total");
         let _counter = meter

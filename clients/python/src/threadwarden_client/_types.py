@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Iterable, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 from ._generated import moderation_pb2 as pb2
 
@@ -258,5 +258,19 @@ def as_rating(rating: Union[Rating, int, str]) -> int:
 __all__ = [
     "Action", "Reason", "Category", "CrisisKind", "UserOption", "Rating", "ThreadwardenError",
     "EventRejected", "DeadlineExceeded", "Unavailable", "user_message", "assistant_message", "fork",
-    "confirm_end", "Verdict", "Iterable",
+    "confirm_end", "Verdict",
 ]
+
+
+# Statuses that mean "this request is wrong", as opposed to "the sidecar is not reachable".
+_REJECTED = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS", "PERMISSION_DENIED"}
+
+
+def rpc_error(e, event_id: str = "") -> ThreadwardenError:
+    """The typed error for a failed unary call (a grpc.RpcError)."""
+    code, details = e.code().name, e.details() or ""
+    if code in _REJECTED:
+        return EventRejected(code, details, event_id)
+    if code == "DEADLINE_EXCEEDED":
+        return DeadlineExceeded(f"no answer within the deadline{f' for event {event_id!r}' if event_id else ''}")
+    return Unavailable(code, details)

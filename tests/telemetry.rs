@@ -1,0 +1,423 @@
+//! Operating it: OTLP export to a real receiver, a Prometheus scrape over HTTP, the decision log,
+//! and a canary that must appear in no log, trace, metric, decision record or state file.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use threadwarden::api::pb;
+use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
+use tokio_stream::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
+const CANARY: &str = "zq-canary-4be1c9";
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT_SPAN: &str = "b7ad6b7169203331";
+
+/// A minimal OTLP collector: keeps every export request it receives.
+#[derive(Clone, Default)]
+struct Receiver {
+    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.traces.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(r.clone()))
+            .add_service(MetricsServiceServer::new(r))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (receiver, format!("http://{addr}"))
+}
+
+struct Sidecar {
+    child: Child,
+    addr: String,
+    admin: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Sidecar {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "debug,h2=warn,hyper=warn,tower=warn,tonic=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        assert!(Instant::now() < deadline, "server did not start: {:?}", lines.lock().unwrap());
+        for line in lines.lock().unwrap().iter() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if v["message"] == "serving" {
+                    addr = v["listen"].as_str().map(String::from);
+                }
+                if let Some(a) = v["admin"].as_str() {
+                    admin = Some(a.to_string());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sidecar {
+        child,
+        addr: addr.unwrap(),
+        admin: admin.unwrap(),
+        lines,
+    }
+}
+
+fn stop(mut s: Sidecar) -> Vec<String> {
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    s.lines.lock().unwrap().clone()
+}
+
+fn scrape(admin: &str) -> String {
+    ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .expect("scrape")
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// Parses the exposition into (name{labels}, value) pairs, checking the format as it goes.
+fn parse(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "bad line {line:?}");
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name:?}"
+        );
+        samples.push((series.to_string(), value));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
+/// Drives every RPC with the canary in every text field.
+async fn drive(addr: &str, with_trace: bool) {
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let text = format!("{CANARY} please help");
+    let mut req = tonic::Request::new(pb::EvaluateRequest {
+        event: Some(user("t-1", "traced", &text)),
+    });
+    if with_trace {
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{TRACE_ID}-{PARENT_SPAN}-01").parse().unwrap(),
+        );
+    }
+    client.evaluate(req).await.unwrap();
+    // Escalation to an END, a crisis routing, a denied model end, a bad event.
+    let mut events = Vec::new();
+    for i in 0..4 {
+        let mut e = labelled(format!("s{i}"), "severe", pb::Category::IndiscriminateWeapons, 0.95);
+        e.payload = Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage { text: format!("{text} {i}") }));
+        events.push(e);
+    }
+    let mut crisis = labelled("c1", "crisis", pb::Category::SelfHarm, 0.9);
+    crisis.payload = Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage { text: text.clone() }));
+    events.push(crisis);
+    let mut model_end = assistant("m1", "crisis", true, true);
+    model_end.payload = Some(pb::conversation_event::Payload::AssistantMessage(pb::AssistantMessage {
+        text: text.clone(),
+        refused: true,
+        end_conversation_requested: true,
+    }));
+    events.push(model_end);
+    events.push(user("", "bad", &text));
+    let reqs: Vec<_> = events.into_iter().map(|e| pb::ModerateRequest { event: Some(e) }).collect();
+    let mut stream = client
+        .moderate(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(r) = stream.next().await {
+        r.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 7);
+    client
+        .submit_feedback(pb::SubmitFeedbackRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "severe".into(),
+            event_id: "s3".into(),
+            rating: pb::Rating::ThumbsDown as i32,
+            comment: format!("{CANARY} wrong call"),
+        })
+        .await
+        .unwrap();
+    client
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "severe".into(),
+        })
+        .await
+        .unwrap();
+}
+
+fn attr(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<String> {
+    kvs.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
+    let (receiver, endpoint) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let decisions = dir.path().join("decisions.jsonl");
+    let state = dir.path().join("state.bin");
+    let sidecar = spawn(
+        &[
+            "--decision-log",
+            decisions.to_str().unwrap(),
+            "--state-file",
+            state.to_str().unwrap(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "tw-under-test"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let before = parse(&scrape(&sidecar.admin));
+    assert_eq!(sample(&before, "threadwarden_events_total{kind=\"user_message\"}"), 0.0);
+    let ready = ureq::get(&format!("http://{}/readyz", sidecar.admin)).call().unwrap();
+    assert_eq!(ready.status(), 200);
+
+    drive(&sidecar.addr, true).await;
+
+    // Prometheus: the counters moved with the traffic.
+    let metrics_text = scrape(&sidecar.admin);
+    let after = parse(&metrics_text);
+    assert_eq!(sample(&after, "threadwarden_events_total{kind=\"user_message\"}"), 6.0);
+    assert_eq!(sample(&after, "threadwarden_events_total{kind=\"assistant_message\"}"), 1.0);
+    assert_eq!(sample(&after, "threadwarden_verdicts_total{action=\"end\",reason=\"persistent_harm\",enforced=\"true\"}"), 1.0);
+    assert_eq!(sample(&after, "threadwarden_ends_total{reason=\"persistent_harm\"}"), 1.0);
+    assert_eq!(sample(&after, "threadwarden_warnings_total"), 1.0);
+    assert!(sample(&after, "threadwarden_crisis_routings_total{kind=\"self_harm\"}") >= 2.0);
+    assert_eq!(sample(&after, "threadwarden_feedback_total{rating=\"thumbs_down\"}"), 1.0);
+    assert_eq!(sample(&after, "threadwarden_errors_total{code=\"INVALID_ARGUMENT\"}"), 1.0);
+    assert_eq!(sample(&after, "threadwarden_active_threads"), 3.0);
+    assert_eq!(sample(&after, "threadwarden_decision_duration_seconds_count"), 7.0);
+    assert_eq!(sample(&after, "threadwarden_open_streams"), 0.0);
+    for (series, _) in &after {
+        assert!(!series.contains("thread_id") && !series.contains("tenant"), "{series}");
+    }
+
+    // Let at least one metrics export happen, then stop (which flushes spans).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.metrics.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no OTLP metrics arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+
+    // OTLP traces: one span per event, joined to the caller's trace, with the decision on it.
+    let traces = receiver.traces.lock().unwrap().clone();
+    let spans: Vec<_> = traces
+        .iter()
+        .flat_map(|t| &t.resource_spans)
+        .flat_map(|rs| {
+            let service = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name"));
+            let env = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "deployment.environment"));
+            assert_eq!(service.as_deref(), Some("tw-under-test"));
+            assert_eq!(env.as_deref(), Some("ci"));
+            rs.scope_spans.iter().flat_map(|ss| ss.spans.clone())
+        })
+        .collect();
+    assert!(spans.len() >= 8, "{} spans", spans.len());
+    let traced = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == TRACE_ID)
+        .expect("the Evaluate span joined the caller's trace");
+    assert_eq!(hex(&traced.parent_span_id), PARENT_SPAN);
+    assert_eq!(attr(&traced.attributes, "verdict.action").as_deref(), Some("continue"));
+    let end = spans
+        .iter()
+        .find(|s| attr(&s.attributes, "verdict.reason").as_deref() == Some("persistent_harm"))
+        .expect("the END span");
+    assert_eq!(attr(&end.attributes, "verdict.action").as_deref(), Some("end"));
+    assert_eq!(attr(&end.attributes, "verdict.categories").as_deref(), Some("indiscriminate_weapons"));
+    assert!(attr(&end.attributes, "decision.latency_us").is_some());
+    let hash = attr(&end.attributes, "thread.hash").unwrap();
+    assert_eq!(hash.len(), 16, "a keyed hash, never the thread id");
+    assert!(spans.iter().any(|s| attr(&s.attributes, "crisis.kind").as_deref() == Some("self_harm")));
+    assert!(spans.iter().any(|s| attr(&s.attributes, "error.code").as_deref() == Some("INVALID_ARGUMENT")));
+
+    // OTLP metrics, with the same names minus `_total`.
+    let metric_requests = receiver.metrics.lock().unwrap().clone();
+    let names: Vec<String> = metric_requests
+        .iter()
+        .flat_map(|m| &m.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| m.name.clone())
+        .collect();
+    for want in ["threadwarden_events", "threadwarden_verdicts", "threadwarden_ends", "threadwarden_active_threads"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+
+    // Decision log: END, warning, crisis, denied model end, feedback; joinable by event id.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&decisions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| records.iter().find(|r| pred(r)).cloned();
+    let end = find(&|r| r["action"] == "end").expect("END record");
+    assert_eq!(end["event_id"], "s3");
+    assert_eq!(end["reason"], "persistent_harm");
+    assert_eq!(end["thread"].as_str().unwrap(), hash, "same keyed hash in traces and decision log");
+    assert!(end["categories"]["indiscriminate_weapons"].as_f64().unwrap() > 0.9);
+    assert!(end["policy_version"].is_string());
+    assert!(find(&|r| r["warning"] == true).is_some());
+    assert!(find(&|r| r["crisis"] == "self_harm").is_some());
+    assert!(find(&|r| r["end_denied"] == "CRISIS_ACTIVE").is_some());
+    let feedback = find(&|r| r["record"] == "feedback").expect("feedback record");
+    assert_eq!((feedback["event_id"].as_str(), feedback["rating"].as_str()), (Some("s3"), Some("thumbs_down")));
+    assert_eq!(feedback["thread"], end["thread"]);
+
+    // Privacy: the canary is in no log line, span, metric, decision record or state file.
+    let all_logs = logs.join("\n");
+    assert!(all_logs.contains("\"serving\""), "logs were captured");
+    assert!(!all_logs.contains(CANARY), "canary in logs");
+    assert!(!format!("{traces:?}").contains(CANARY), "canary in traces");
+    assert!(!format!("{metric_requests:?}").contains(CANARY), "canary in OTLP metrics");
+    assert!(!metrics_text.contains(CANARY), "canary in /metrics");
+    assert!(!std::fs::read_to_string(&decisions).unwrap().contains(CANARY), "canary in the decision log");
+    let state_bytes = std::fs::read(&state).unwrap();
+    assert!(!state_bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "canary in the state file");
+    for id in ["traced", "severe", "crisis"] {
+        assert!(!all_logs.contains(&format!("\"{id}\"")), "raw thread id {id} in logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_logging_when_enabled_puts_text_in_the_decision_log_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let decisions = dir.path().join("decisions.jsonl");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: content-on\nlog_content: true\n").unwrap();
+    let sidecar = spawn(
+        &["--decision-log", decisions.to_str().unwrap(), "--config", policy.to_str().unwrap()],
+        &[],
+    );
+    drive(&sidecar.addr, false).await;
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+    let text = std::fs::read_to_string(&decisions).unwrap();
+    assert!(text.contains(CANARY), "the opt-in puts text in decision records");
+    assert!(!logs.join("\n").contains(CANARY), "but never in logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_otlp_endpoint_nothing_is_exported_and_nothing_fails() {
+    let sidecar = spawn(&["--decision-log", "off"], &[]);
+    let mut client = ModerationServiceClient::connect(format!("http://{}", sidecar.addr)).await.unwrap();
+    let v = evaluate(&mut client, user("x", "y", "hello")).await;
+    assert_eq!(action(&v), pb::Action::Continue);
+    let ok = ureq::get(&format!("http://{}/healthz", sidecar.admin)).call().unwrap();
+    assert_eq!(ok.status(), 200);
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+    assert!(!logs.iter().any(|l| l.contains("OTLP")), "{logs:?}");
+}
