@@ -103,6 +103,9 @@ pub struct ServeArgs {
     /// Admin HTTP address for /metrics (Prometheus), /healthz and /readyz; off when absent.
     #[arg(long, env = "THREADWARDEN_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Address serving only grpc.health.v1, for kubelet probes (which dial the pod IP).
+    #[arg(long, env = "THREADWARDEN_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Decision log sink: `stdout`, `off`, or a file path (JSON lines, appended).
     #[arg(long, env = "THREADWARDEN_DECISION_LOG", default_value = "stdout")]
     pub decision_log: String,
@@ -251,6 +254,15 @@ async fn serve_on(args: ServeArgs, config: ServeConfig) -> ExitCode {
             Ok(l) => app = app.with_admin_listener(l),
             Err(e) => {
                 eprintln!("error: binding the admin address {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(addr) = args.health_listen {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => app = app.with_health_listener(l),
+            Err(e) => {
+                eprintln!("error: binding the health address {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         }

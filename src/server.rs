@@ -110,6 +110,7 @@ pub struct App {
     config: ServeConfig,
     decision_log: DecisionLogWriter,
     admin: Option<std::net::TcpListener>,
+    health_only: Option<std::net::TcpListener>,
 }
 
 impl App {
@@ -148,7 +149,15 @@ impl App {
             config,
             decision_log: writer,
             admin: None,
+            health_only: None,
         })
+    }
+
+    /// Serves only `grpc.health.v1` on this (already bound) listener: for kubelet probes, which
+    /// dial the pod IP while the moderation API stays on loopback.
+    pub fn with_health_listener(mut self, listener: std::net::TcpListener) -> App {
+        self.health_only = Some(listener);
+        self
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on this (already bound) listener.
@@ -169,6 +178,7 @@ impl App {
             config,
             decision_log,
             admin,
+            health_only,
         } = self;
         let store = engine.store().clone();
         let metrics = config.metrics.clone();
@@ -217,6 +227,24 @@ impl App {
         let moderation = ModerationServiceServer::new(ModerationApi::new(engine.clone()))
             .max_decoding_message_size(config.max_message_bytes);
 
+        let _health_only = match health_only {
+            Some(listener) => {
+                listener.set_nonblocking(true).map_err(ServerError::Admin)?;
+                let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let service = health_service.clone();
+                Some((addr, AbortOnDrop(tokio::spawn(async move {
+                    let served = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(TcpListenerStream::new(listener))
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "health listener failed");
+                    }
+                }))))
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let addr = listener
             .local_addr()
@@ -236,6 +264,9 @@ impl App {
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = %addr, policy_version = %engine.policy().version, "serving");
+        if let Some((health_addr, _)) = &_health_only {
+            tracing::info!(health = %health_addr, "health-only gRPC listener");
+        }
 
         tokio::select! {
             res = &mut server => {

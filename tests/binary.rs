@@ -203,3 +203,39 @@ async fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     sigterm(&child);
     tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_only_listener_serves_health_and_nothing_else() {
+    let (mut child, _addr, logs) = spawn_serve(&["--health-listen", "127.0.0.1:0"]);
+    // Logged right after "serving".
+    let mut health_addr = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health_addr.is_none() && Instant::now() < deadline {
+        if let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            health_addr = v["health"].as_str().map(String::from);
+        }
+    }
+    let health_addr = health_addr.expect("the health listener is logged");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "threadwarden.v1.ModerationService".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING");
+    let mut api = ModerationServiceClient::new(channel);
+    let err = api
+        .evaluate(pb::EvaluateRequest { event: Some(user("x", "y", "hi")) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "the API is not on the probe port");
+    sigterm(&child);
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+}

@@ -304,6 +304,7 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
     for (series, _) in &after {
         assert!(!series.contains("thread_id") && !series.contains("tenant"), "{series}");
     }
+    dashboard_queries_use_exported_metrics(&after);
 
     // Let at least one metrics export happen, then stop (which flushes spans).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -391,6 +392,34 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
     for id in ["traced", "severe", "crisis"] {
         assert!(!all_logs.contains(&format!("\"{id}\"")), "raw thread id {id} in logs");
     }
+}
+
+/// Every metric the Grafana dashboard queries is in a live scrape.
+fn dashboard_queries_use_exported_metrics(scraped: &[(String, f64)]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/threadwarden.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let names: std::collections::HashSet<&str> = scraped
+        .iter()
+        .map(|(s, _)| s.split('{').next().unwrap())
+        .collect();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("threadwarden_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let metric = &tail[..end];
+                assert!(names.contains(metric), "panel {:?} queries {metric}, which is not exported", panel["title"]);
+                checked += 1;
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(checked >= 14, "only {checked} metric references found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

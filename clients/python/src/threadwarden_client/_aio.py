@@ -167,6 +167,7 @@ class Moderator:
                     self._fail_all(t.Unavailable(e.code().name, e.details() or ""))
             finally:
                 self._outbox = None
+                outbox.put_nowait(_CLOSE)  # ends this call's request generator
                 call.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
