@@ -161,6 +161,9 @@ async def test_shadow_mode_reports_what_enforcement_would_do(tmp_path):
         last = got[-1]
         assert not last.enforced and last.shadow_action is Action.END and last.action is Action.REDIRECT
         assert last.policy_version == "shadow-test"
+        # The wire verdict carries the would-be end notice; the helper does not offer it as an END.
+        assert last.raw.HasField("end") and last.end_notice is None and last.end_options == ()
+        assert last.guidance, "a capped END is still steered away"
     finally:
         assert s.terminate() == 0
 

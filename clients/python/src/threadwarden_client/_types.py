@@ -205,25 +205,32 @@ class Verdict:
         """Lock the thread and show ``end_notice``."""
         return self.raw.action == Action.END
 
+    # The helpers below follow ``action``, never the mere presence of a field: in shadow mode
+    # (or where the policy is off) ``redirect`` and ``end`` describe what enforcement *would*
+    # have done while ``action`` stays capped.
+
     @property
     def warning(self) -> bool:
         """The model must tell the user that continuing may end the conversation."""
-        return self.raw.redirect.warning
+        return self.is_redirect and self.raw.redirect.warning
 
     @property
     def guidance(self) -> Optional[str]:
-        """What the model should do instead (redirects, end confirmation), if anything."""
-        return self.raw.redirect.guidance if self.raw.HasField("redirect") else None
+        """What the model must do instead of complying (REDIRECT), or how to ask the user to
+        confirm an end (``end_confirmation_required``); None otherwise."""
+        if self.is_redirect or self.raw.end_confirmation_required:
+            return self.raw.redirect.guidance or None
+        return None
 
     @property
     def end_notice(self) -> Optional[pb2.EndNotice]:
-        """The notice to show when the thread ends: ``message`` and ``options``."""
-        return self.raw.end if self.raw.HasField("end") else None
+        """The notice to show when the thread ends (``message``, ``options``); None unless END."""
+        return self.raw.end if self.is_end else None
 
     @property
     def end_options(self) -> tuple:
-        """The options offered after an end, as ``UserOption`` values."""
-        return tuple(UserOption(o) for o in self.raw.end.options)
+        """The options to offer after an END, as ``UserOption`` values."""
+        return tuple(UserOption(o) for o in self.raw.end.options) if self.is_end else ()
 
     @property
     def crisis(self) -> Optional[pb2.CrisisSupport]:
