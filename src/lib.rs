@@ -27,6 +27,7 @@ pub mod config;
 pub mod crisis;
 pub mod domain;
 pub mod engine;
+pub mod fuzz_harness;
 pub mod policy;
 pub mod replay;
 pub mod server;
