@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::server::{App, ServeConfig};
+use crate::api::StreamLimits;
+use crate::crisis::notifier::NotifierConfig;
+use crate::server::{App, ServeConfig, TlsFiles};
 use crate::state::StoreConfig;
 use crate::telemetry::decision_log::Sink;
 use crate::telemetry::{self, LogTarget, OtlpConfig};
@@ -109,6 +111,37 @@ pub struct ServeArgs {
     /// Decision log sink: `stdout`, `off`, or a file path (JSON lines, appended).
     #[arg(long, env = "THREADWARDEN_DECISION_LOG", default_value = "stdout")]
     pub decision_log: String,
+    /// Bearer tokens (YAML: `tokens: [{token, tenants}]`); auth is off when absent.
+    #[arg(long, env = "THREADWARDEN_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the gRPC listener; needs --tls-key.
+    #[arg(long, env = "THREADWARDEN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "THREADWARDEN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: turns on mTLS.
+    #[arg(long, env = "THREADWARDEN_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Open Moderate streams across all connections; beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "THREADWARDEN_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "THREADWARDEN_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+    /// Answers a stream may hold that its client has not read yet.
+    #[arg(long, env = "THREADWARDEN_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// How long a stream may wait for a client that stopped reading before it is ended.
+    #[arg(long, env = "THREADWARDEN_SLOW_CONSUMER_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub slow_consumer_deadline: Duration,
+    /// Deadline of a unary call (a client's shorter grpc-timeout wins).
+    #[arg(long, env = "THREADWARDEN_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+    /// Webhook (http:// or https://) notified when a thread enters crisis: hashed thread, kind,
+    /// locale; never text.
+    #[arg(long, env = "THREADWARDEN_CRISIS_WEBHOOK")]
+    pub crisis_webhook: Option<String>,
     /// OTLP/gRPC collector endpoint for traces and metrics; nothing is exported when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -144,6 +177,23 @@ impl ServeArgs {
             max_message_bytes: self.max_message_bytes,
             hash_seed: self.hash_seed.unwrap_or(defaults.hash_seed),
             decision_log: self.decision_log_sink(),
+            auth_tokens: self.auth_token_file.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.client_ca.clone(),
+                }),
+                _ => None,
+            },
+            stream_limits: StreamLimits {
+                max_streams: self.max_streams,
+                max_in_flight: self.max_in_flight,
+                slow_consumer_deadline: self.slow_consumer_deadline,
+            },
+            max_streams_per_connection: self.max_streams_per_connection,
+            call_timeout: self.call_timeout,
+            crisis_webhook: self.crisis_webhook.clone().map(NotifierConfig::new),
             ..defaults
         }
     }
@@ -243,7 +293,7 @@ async fn serve_on(args: ServeArgs, config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && args.tls_cert.is_none() && args.auth_token_file.is_none() {
         tracing::warn!(
             listen = %args.listen,
             "listening on a non-loopback address without TLS or a token: any host that can reach it can read and end threads"

@@ -43,6 +43,8 @@ pub struct Decided {
 pub struct Sinks {
     pub metrics: Arc<Metrics>,
     pub decision_log: DecisionLog,
+    /// Crisis webhook, when configured.
+    pub notifier: Option<crate::crisis::notifier::Notifier>,
     /// Seed of the keyed hash that stands for thread ids in telemetry.
     pub hash_seed: u64,
 }
@@ -54,6 +56,7 @@ impl Sinks {
         Sinks {
             decision_log: DecisionLog::off(metrics.clone()),
             metrics,
+            notifier: None,
             hash_seed,
         }
     }
@@ -111,11 +114,7 @@ impl Engine {
 
     /// Decides one event; counts it, and logs notable decisions.
     pub fn decide(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
-        let result = self.decide_inner(event);
-        if let Err(e) = &result {
-            self.sinks.metrics.error(e.code());
-        }
-        result
+        self.counted(self.decide_inner(event))
     }
 
     fn decide_inner(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
@@ -150,8 +149,14 @@ impl Engine {
             kind,
         };
         let now = self.store.now();
+        let mut entered_crisis = None;
         let decide = |state: &mut policy::ThreadState| {
-            policy::decide(&policy, state, &domain_event, &scores, now)
+            let before = state.crisis_kind();
+            let verdict = policy::decide(&policy, state, &domain_event, &scores, now);
+            if before.is_none() {
+                entered_crisis = state.crisis_kind();
+            }
+            verdict
         };
         let decision = match payload {
             Payload::Fork(fork) => self.fork(key, event, fork, decide)?,
@@ -189,6 +194,14 @@ impl Engine {
             replayed: decision.replayed,
         });
         let thread_hash = self.log_hash(key);
+        if let (Some(kind), Some(notifier)) = (entered_crisis, &self.sinks.notifier) {
+            notifier.notify(crate::crisis::notifier::Notice {
+                thread: thread_hash.clone(),
+                kind,
+                locale: event.locale.clone(),
+                policy_version: policy.version.clone(),
+            });
+        }
         self.log_decision(&thread_hash, event, text, &decision, &scores, &policy);
         Ok(Decided {
             verdict,
@@ -245,6 +258,22 @@ impl Engine {
 
     /// The summary of a known thread.
     pub fn thread(&self, tenant_id: &str, thread_id: &str) -> Result<pb::ThreadSummary, EventError> {
+        self.counted(self.thread_inner(tenant_id, thread_id))
+    }
+
+    /// Records feedback on a known thread.
+    pub fn feedback(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
+        self.counted(self.feedback_inner(req))
+    }
+
+    fn counted<T>(&self, result: Result<T, EventError>) -> Result<T, EventError> {
+        if let Err(e) = &result {
+            self.sinks.metrics.error(e.code());
+        }
+        result
+    }
+
+    fn thread_inner(&self, tenant_id: &str, thread_id: &str) -> Result<pb::ThreadSummary, EventError> {
         validate::thread_ref(tenant_id, thread_id)?;
         let state = self
             .store
@@ -253,8 +282,7 @@ impl Engine {
         Ok(crate::api::convert::summary_to_pb(&state.summary()))
     }
 
-    /// Records feedback on a known thread.
-    pub fn feedback(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
+    fn feedback_inner(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
         let rating = validate::feedback(req)?;
         let key = ThreadKey::new(&req.tenant_id, &req.thread_id);
         let summary = self

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::ModerationApi;
+use crate::api::auth::{Auth, AuthError, Tokens};
+use crate::api::{ModerationApi, StreamLimits};
+use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::classify::Classifier;
 use crate::config::{self, ConfigError, Reloader};
@@ -50,6 +52,28 @@ pub struct ServeConfig {
     pub decision_log: Sink,
     /// The metrics registry (shared with the OTLP exporter when there is one).
     pub metrics: Arc<Metrics>,
+    /// Bearer-token file; auth is off when absent.
+    pub auth_tokens: Option<PathBuf>,
+    /// TLS (and, with a client CA, mTLS) for the gRPC listener.
+    pub tls: Option<TlsFiles>,
+    /// Limits on Moderate streams.
+    pub stream_limits: StreamLimits,
+    /// HTTP/2 streams one connection may open at once.
+    pub max_streams_per_connection: u32,
+    /// Deadline of a unary call (and of a stream's first response); clients' grpc-timeout applies
+    /// when shorter.
+    pub call_timeout: Duration,
+    /// Crisis webhook.
+    pub crisis_webhook: Option<NotifierConfig>,
+}
+
+/// PEM files for TLS.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +90,12 @@ impl Default for ServeConfig {
             hash_seed: 0x7468_7265_6164_7764,
             decision_log: Sink::Off,
             metrics: Arc::new(Metrics::default()),
+            auth_tokens: None,
+            tls: None,
+            stream_limits: StreamLimits::default(),
+            max_streams_per_connection: 1024,
+            call_timeout: Duration::from_secs(10),
+            crisis_webhook: None,
         }
     }
 }
@@ -91,6 +121,15 @@ pub enum ServerError {
     DecisionLog(#[source] std::io::Error),
     #[error("admin listener: {0}")]
     Admin(#[source] std::io::Error),
+    /// The token file is invalid (exit code 64).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A TLS file is missing or invalid (exit code 64).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The crisis webhook URL is invalid (exit code 64).
+    #[error(transparent)]
+    Notifier(#[from] NotifierError),
 }
 
 impl ServerError {
@@ -98,7 +137,12 @@ impl ServerError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            ServerError::Config(_) | ServerError::Directory(_) | ServerError::DecisionLog(_)
+            ServerError::Config(_)
+                | ServerError::Directory(_)
+                | ServerError::DecisionLog(_)
+                | ServerError::Auth(_)
+                | ServerError::Tls(_)
+                | ServerError::Notifier(_)
         )
     }
 }
@@ -111,11 +155,35 @@ pub struct App {
     decision_log: DecisionLogWriter,
     admin: Option<std::net::TcpListener>,
     health_only: Option<std::net::TcpListener>,
+    tokens: Option<Tokens>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|e| ServerError::Tls(format!("{}: {e}", path.display())))
+}
+
+fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let identity = Identity::from_pem(read_pem(&files.cert)?, read_pem(&files.key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+    }
+    Ok(config)
 }
 
 impl App {
-    /// Loads and validates the policy and directory, restores the state file.
+    /// Loads and validates the policy, directory, tokens and TLS files, restores the state
+    /// file, starts the crisis notifier. Call inside a tokio runtime.
     pub fn build(config: ServeConfig) -> Result<App, ServerError> {
+        let tokens = config.auth_tokens.as_deref().map(Tokens::load).transpose()?;
+        let tls = config.tls.as_ref().map(tls_config).transpose()?;
+        let notifier = config
+            .crisis_webhook
+            .clone()
+            .map(|c| Notifier::start(c, config.metrics.clone()))
+            .transpose()?;
         let policy = match &config.policy_path {
             Some(p) => config::load_policy(p)?,
             None => Policy::default(),
@@ -140,6 +208,7 @@ impl App {
             Sinks {
                 metrics: config.metrics.clone(),
                 decision_log,
+                notifier,
                 hash_seed: config.hash_seed,
             },
         );
@@ -150,6 +219,8 @@ impl App {
             decision_log: writer,
             admin: None,
             health_only: None,
+            tokens,
+            tls,
         })
     }
 
@@ -179,6 +250,8 @@ impl App {
             decision_log,
             admin,
             health_only,
+            tokens,
+            tls,
         } = self;
         let store = engine.store().clone();
         let metrics = config.metrics.clone();
@@ -224,8 +297,15 @@ impl App {
             .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let moderation = ModerationServiceServer::new(ModerationApi::new(engine.clone()))
-            .max_decoding_message_size(config.max_message_bytes);
+        let auth = Auth::new(tokens, metrics.clone());
+        let moderation = tonic::service::interceptor::InterceptedService::new(
+            ModerationServiceServer::new(ModerationApi::new(
+                engine.clone(),
+                config.stream_limits.clone(),
+            ))
+            .max_decoding_message_size(config.max_message_bytes),
+            auth,
+        );
 
         let _health_only = match health_only {
             Some(listener) => {
@@ -250,7 +330,14 @@ impl App {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
+            // A unary call's deadline; streams are bounded by their own limits instead.
+            .timeout(config.call_timeout)
+            .max_concurrent_streams(config.max_streams_per_connection);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(moderation)

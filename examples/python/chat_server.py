@@ -100,7 +100,7 @@ class ChatServer:
         if verdict.crisis is not None:
             print(f"[support] {verdict.crisis.message}")
             for r in verdict.crisis.resources:
-                parts = [r.phone and f"call {r.phone}", r.sms and f"text {r.sms}", r.url, r.hours]
+                parts = [r.phone and f"call {r.phone}", r.sms, r.url, r.hours]
                 print(f"  - {r.name}: " + ", ".join(p for p in parts if p))
         if verdict.warning:
             print("[warning] Continuing with this may end the conversation.")
@@ -169,6 +169,7 @@ class ChatServer:
         if not line or line.startswith("#"):
             return
         if line.startswith("/"):
+            print(f"> {line}")
             await self.command(line)
             return
         signals = {}

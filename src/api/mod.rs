@@ -2,13 +2,14 @@
 //! and the `ModerationService` implementation. A handler reads: decode → validate → decide →
 //! encode; the deciding is `crate::engine`'s.
 
+pub mod auth;
 pub mod convert;
 mod error;
 mod service;
 pub mod validate;
 
 pub use error::EventError;
-pub use service::ModerationApi;
+pub use service::{ModerationApi, StreamLimits};
 
 /// The generated protobuf types and gRPC stubs of `threadwarden.v1`.
 pub mod pb {

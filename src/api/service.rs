@@ -1,20 +1,27 @@
 //! The `ModerationService` implementation: thin, every decision is `Engine`'s.
 //!
-//! `Moderate` maps the inbound stream lazily, one response per request in order: a request is
-//! decided only when the client is ready to read its answer, so a slow reader backs up into
-//! HTTP/2 flow control rather than into a buffer here.
+//! `Moderate` runs one task per stream that decides requests in order and queues at most
+//! `max_in_flight` answers the client has not read yet. A client that stops reading backs up
+//! into that bound and then into HTTP/2 flow control (its sends block); if it does not read for
+//! `slow_consumer_deadline`, the stream ends with DEADLINE_EXCEEDED after the queued answers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::EventError;
+use super::auth::Principal;
 use super::pb;
 use super::pb::moderation_service_server::ModerationService;
-use super::EventError;
 use crate::engine::{Decided, Engine};
 use crate::telemetry::{self, EVENT_TARGET, Metrics};
 
@@ -123,23 +130,69 @@ impl Drop for StreamGauge {
     }
 }
 
+/// Limits on `Moderate` streams.
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// Open `Moderate` streams across all connections; beyond, RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Answers decided but not yet read by the client, per stream.
+    pub max_in_flight: usize,
+    /// How long a full stream may wait for its client to read before it is ended.
+    pub slow_consumer_deadline: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_streams: 10_000,
+            max_in_flight: 64,
+            slow_consumer_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The gRPC service over an `Engine`.
 #[derive(Clone)]
 pub struct ModerationApi {
     engine: Arc<Engine>,
+    limits: StreamLimits,
+    open: Arc<AtomicUsize>,
 }
 
 impl ModerationApi {
     /// The service for `engine`.
-    pub fn new(engine: Arc<Engine>) -> ModerationApi {
-        ModerationApi { engine }
+    pub fn new(engine: Arc<Engine>, limits: StreamLimits) -> ModerationApi {
+        ModerationApi {
+            engine,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
+fn principal<T>(request: &Request<T>) -> Principal {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(Principal::any)
+}
+
+fn tenant_denied(engine: &Engine, tenant: &str) -> EventError {
+    engine.metrics().error("PERMISSION_DENIED");
+    EventError::PermissionDenied(format!("tenant_id {tenant:?} is not allowed for this token"))
+}
+
 /// Decides one stream request; a bad event becomes an `EventError` for that event alone.
-fn respond_traced(engine: &Engine, req: pb::ModerateRequest, call: &CallTrace) -> pb::ModerateResponse {
+fn respond(
+    engine: &Engine,
+    req: pb::ModerateRequest,
+    call: &CallTrace,
+    principal: &Principal,
+) -> pb::ModerateResponse {
     use pb::moderate_response::Result as R;
     let Some(event) = req.event else {
+        engine.metrics().error("INVALID_ARGUMENT");
         return pb::ModerateResponse {
             event_id: String::new(),
             result: Some(R::Error(pb::EventError {
@@ -148,12 +201,14 @@ fn respond_traced(engine: &Engine, req: pb::ModerateRequest, call: &CallTrace) -
             })),
         };
     };
-    let result = match decide_traced(engine, &event, call) {
+    let decided = if principal.allows(&event.tenant_id) {
+        decide_traced(engine, &event, call)
+    } else {
+        Err(tenant_denied(engine, &event.tenant_id))
+    };
+    let result = match decided {
         Ok(decided) => R::Verdict(decided.verdict),
-        Err(e) => {
-            tracing::debug!(code = e.code(), "event rejected");
-            R::Error((&e).into())
-        }
+        Err(e) => R::Error((&e).into()),
     };
     pb::ModerateResponse {
         event_id: event.event_id,
@@ -161,24 +216,112 @@ fn respond_traced(engine: &Engine, req: pb::ModerateRequest, call: &CallTrace) -
     }
 }
 
-type ModerateStream = Pin<Box<dyn Stream<Item = Result<pb::ModerateResponse, Status>> + Send>>;
+/// Holds a stream's place in the limits and gauges; released however the stream ends.
+struct StreamSlot {
+    open: Arc<AtomicUsize>,
+    _gauge: StreamGauge,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The answers of one stream, then its fate: a final status if the stream was cut short.
+struct Responses {
+    rx: mpsc::Receiver<Result<pb::ModerateResponse, Status>>,
+    fate: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for Responses {
+    type Item = Result<pb::ModerateResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(fate) = self.fate.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(fate).poll(cx) {
+            Poll::Ready(Ok(status)) => {
+                self.fate = None;
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(Err(_)) => {
+                self.fate = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl ModerationService for ModerationApi {
-    type ModerateStream = ModerateStream;
+    type ModerateStream = Pin<Box<dyn Stream<Item = Result<pb::ModerateResponse, Status>> + Send>>;
 
     async fn moderate(
         &self,
         request: Request<Streaming<pb::ModerateRequest>>,
     ) -> Result<Response<Self::ModerateStream>, Status> {
+        let limits = self.limits.clone();
+        if self.open.fetch_add(1, Ordering::Relaxed) >= limits.max_streams {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.engine.metrics().error("RESOURCE_EXHAUSTED");
+            return Err(Status::resource_exhausted(format!(
+                "too many open Moderate streams (limit {}); retry with backoff or multiplex more threads per stream",
+                limits.max_streams
+            )));
+        }
+        let slot = StreamSlot {
+            open: self.open.clone(),
+            _gauge: StreamGauge::open(self.engine.metrics()),
+        };
         let engine = self.engine.clone();
         let call = CallTrace::of(&request);
-        let gauge = StreamGauge::open(engine.metrics());
-        let responses = request.into_inner().map(move |req| {
-            let _open = &gauge;
-            req.map(|req| respond_traced(&engine, req, &call))
+        let principal = principal(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(limits.max_in_flight.max(1));
+        let (fate_tx, fate_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _slot = slot;
+            while let Some(item) = inbound.next().await {
+                let (out, last) = match item {
+                    Ok(req) => (Ok(respond(&engine, req, &call, &principal)), false),
+                    // A transport or decode error ends the call: nothing can be attributed.
+                    Err(status) => (Err(status), true),
+                };
+                let sent = match tx.try_send(out) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(mpsc::error::TrySendError::Full(out)) => {
+                        match tokio::time::timeout(limits.slow_consumer_deadline, tx.send(out)).await {
+                            Ok(Ok(())) => true,
+                            Ok(Err(_)) => false,
+                            Err(_) => {
+                                engine.metrics().error("DEADLINE_EXCEEDED");
+                                let _ = fate_tx.send(Status::deadline_exceeded(format!(
+                                    "the client did not read its answers for {:?} with {} unread; stream ended",
+                                    limits.slow_consumer_deadline, limits.max_in_flight
+                                )));
+                                return;
+                            }
+                        }
+                    }
+                };
+                if !sent || last {
+                    return;
+                }
+            }
         });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(Responses {
+            rx,
+            fate: Some(fate_rx),
+        })))
     }
 
     async fn evaluate(
@@ -186,10 +329,14 @@ impl ModerationService for ModerationApi {
         request: Request<pb::EvaluateRequest>,
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
         let call = CallTrace::of(&request);
-        let event = request
-            .into_inner()
-            .event
-            .ok_or_else(|| Status::invalid_argument("event: required"))?;
+        let principal = principal(&request);
+        let event = request.into_inner().event.ok_or_else(|| {
+            self.engine.metrics().error("INVALID_ARGUMENT");
+            Status::invalid_argument("event: required")
+        })?;
+        if !principal.allows(&event.tenant_id) {
+            return Err(tenant_denied(&self.engine, &event.tenant_id).into());
+        }
         let decided = decide_traced(&self.engine, &event, &call)?;
         Ok(Response::new(pb::EvaluateResponse {
             verdict: Some(decided.verdict),
@@ -200,7 +347,11 @@ impl ModerationService for ModerationApi {
         &self,
         request: Request<pb::GetThreadRequest>,
     ) -> Result<Response<pb::GetThreadResponse>, Status> {
+        let principal = principal(&request);
         let req = request.into_inner();
+        if !principal.allows(&req.tenant_id) {
+            return Err(tenant_denied(&self.engine, &req.tenant_id).into());
+        }
         let thread = self.engine.thread(&req.tenant_id, &req.thread_id)?;
         Ok(Response::new(pb::GetThreadResponse {
             thread: Some(thread),
@@ -211,7 +362,12 @@ impl ModerationService for ModerationApi {
         &self,
         request: Request<pb::SubmitFeedbackRequest>,
     ) -> Result<Response<pb::SubmitFeedbackResponse>, Status> {
-        self.engine.feedback(&request.into_inner())?;
+        let principal = principal(&request);
+        let req = request.into_inner();
+        if !principal.allows(&req.tenant_id) {
+            return Err(tenant_denied(&self.engine, &req.tenant_id).into());
+        }
+        self.engine.feedback(&req)?;
         Ok(Response::new(pb::SubmitFeedbackResponse {}))
     }
 }

@@ -5,6 +5,8 @@
 //! Low-confidence entries may appear in the file for reviewers but are dropped at load time and
 //! never returned. This module does no I/O except `Directory::load_file`, and no network.
 
+pub mod notifier;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;

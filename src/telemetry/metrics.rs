@@ -30,7 +30,7 @@ const CRISIS: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers,
 /// Event kinds, as labelled.
 pub const EVENT_KINDS: [&str; 4] = ["user_message", "assistant_message", "fork", "confirm_end"];
 /// Error codes, as labelled (`EventError::code` plus transport-level ones).
-pub const ERROR_CODES: [&str; 7] = [
+pub const ERROR_CODES: [&str; 8] = [
     "INVALID_ARGUMENT",
     "NOT_FOUND",
     "FAILED_PRECONDITION",
@@ -38,11 +38,13 @@ pub const ERROR_CODES: [&str; 7] = [
     "PERMISSION_DENIED",
     "UNAUTHENTICATED",
     "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED",
 ];
 const RATINGS: [&str; 2] = ["thumbs_up", "thumbs_down"];
+const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"];
 
 /// Every counter's name (series with zero values may be omitted from a render, names never are).
-pub const COUNTER_NAMES: [&str; 10] = [
+pub const COUNTER_NAMES: [&str; 11] = [
     "threadwarden_events_total",
     "threadwarden_verdicts_total",
     "threadwarden_ends_total",
@@ -53,6 +55,7 @@ pub const COUNTER_NAMES: [&str; 10] = [
     "threadwarden_evictions_total",
     "threadwarden_decision_log_dropped_total",
     "threadwarden_policy_reloads_total",
+    "threadwarden_crisis_notifications_total",
 ];
 
 fn action_index(a: Action) -> usize {
@@ -137,6 +140,7 @@ pub struct Metrics {
     snapshot_unix: AtomicU64,
     decision_log_dropped: AtomicU64,
     reloads: [AtomicU64; 2],
+    notifications: [AtomicU64; 4],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -218,6 +222,14 @@ impl Metrics {
         self.decision_log_dropped.fetch_add(1, Relaxed);
     }
 
+    /// Counts a crisis-webhook outcome: `sent`, `retried`, `failed` (retries exhausted) or
+    /// `dropped` (queue full).
+    pub fn notification(&self, result: &str) {
+        if let Some(i) = NOTIFICATION_RESULTS.iter().position(|r| *r == result) {
+            self.notifications[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts a policy reload, accepted or rejected.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
@@ -279,6 +291,9 @@ impl Metrics {
         f("threadwarden_decision_log_dropped_total", vec![], self.decision_log_dropped.load(Relaxed));
         f("threadwarden_policy_reloads_total", vec![("result", "ok")], self.reloads[0].load(Relaxed));
         f("threadwarden_policy_reloads_total", vec![("result", "rejected")], self.reloads[1].load(Relaxed));
+        for (i, r) in NOTIFICATION_RESULTS.iter().enumerate() {
+            f("threadwarden_crisis_notifications_total", vec![("result", r)], self.notifications[i].load(Relaxed));
+        }
     }
 
     /// Visits every gauge sample as (metric, value).
@@ -339,6 +354,7 @@ fn help(name: &str) -> &'static str {
         "threadwarden_evictions_total" => "Threads evicted (idle TTL or capacity).",
         "threadwarden_decision_log_dropped_total" => "Decision-log records dropped because the sink fell behind.",
         "threadwarden_policy_reloads_total" => "Policy reloads, by result.",
+        "threadwarden_crisis_notifications_total" => "Crisis webhook notices, by result (sent, retried, failed, dropped).",
         "threadwarden_active_threads" => "Threads held in memory.",
         "threadwarden_open_streams" => "Open Moderate streams.",
         "threadwarden_snapshot_age_seconds" => "Seconds since the last state snapshot (-1: none yet).",

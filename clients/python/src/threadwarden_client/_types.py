@@ -110,10 +110,10 @@ def _category(c: CategoryLike) -> int:
 
 
 def _event(thread_id: str, event_id: Optional[str], tenant_id: str, model: str, locale: str,
-           signals: Optional[Signals], signal_source: str) -> pb2.ConversationEvent:
+           signals: Optional[Signals], signal_source: str, traceparent: str) -> pb2.ConversationEvent:
     event = pb2.ConversationEvent(
         event_id=event_id or uuid.uuid4().hex, thread_id=thread_id, tenant_id=tenant_id,
-        model=model, locale=locale,
+        model=model, locale=locale, traceparent=traceparent,
     )
     for category, score in (signals or {}).items():
         event.signals.add(category=_category(category), score=score, source=signal_source)
@@ -122,13 +122,13 @@ def _event(thread_id: str, event_id: Optional[str], tenant_id: str, model: str, 
 
 def user_message(thread_id: str, text: str, *, event_id: Optional[str] = None, tenant_id: str = "",
                  model: str = "", locale: str = "", signals: Optional[Signals] = None,
-                 signal_source: str = "") -> pb2.ConversationEvent:
+                 signal_source: str = "", traceparent: str = "") -> pb2.ConversationEvent:
     """A user's message. Pass your own message id as ``event_id`` so that a retry reuses it.
 
     ``signals`` are your own classifier's labels, e.g. ``{Category.SELF_HARM: 0.9}`` or
     ``{"self_harm": 0.9}``; the sidecar merges them with its own (maximum per category).
     """
-    event = _event(thread_id, event_id, tenant_id, model, locale, signals, signal_source)
+    event = _event(thread_id, event_id, tenant_id, model, locale, signals, signal_source, traceparent)
     event.user_message.text = text
     return event
 
@@ -136,9 +136,10 @@ def user_message(thread_id: str, text: str, *, event_id: Optional[str] = None, t
 def assistant_message(thread_id: str, text: str, *, refused: bool = False,
                       end_conversation_requested: bool = False, event_id: Optional[str] = None,
                       tenant_id: str = "", model: str = "", locale: str = "",
-                      signals: Optional[Signals] = None, signal_source: str = "") -> pb2.ConversationEvent:
+                      signals: Optional[Signals] = None, signal_source: str = "",
+                      traceparent: str = "") -> pb2.ConversationEvent:
     """The model's reply. ``end_conversation_requested``: the model called its end tool."""
-    event = _event(thread_id, event_id, tenant_id, model, locale, signals, signal_source)
+    event = _event(thread_id, event_id, tenant_id, model, locale, signals, signal_source, traceparent)
     event.assistant_message.text = text
     event.assistant_message.refused = refused
     event.assistant_message.end_conversation_requested = end_conversation_requested
@@ -146,19 +147,19 @@ def assistant_message(thread_id: str, text: str, *, refused: bool = False,
 
 
 def fork(thread_id: str, parent_thread_id: str, after_turn: int, *, event_id: Optional[str] = None,
-         tenant_id: str = "", model: str = "", locale: str = "") -> pb2.ConversationEvent:
+         tenant_id: str = "", model: str = "", locale: str = "", traceparent: str = "") -> pb2.ConversationEvent:
     """The user edited an earlier message: ``thread_id`` names the NEW branch, which starts from
     the parent's state as of ``after_turn`` (to edit user message N, pass N - 1)."""
-    event = _event(thread_id, event_id, tenant_id, model, locale, None, "")
+    event = _event(thread_id, event_id, tenant_id, model, locale, None, "", traceparent)
     event.fork.parent_thread_id = parent_thread_id
     event.fork.after_turn = after_turn
     return event
 
 
 def confirm_end(thread_id: str, *, event_id: Optional[str] = None, tenant_id: str = "", model: str = "",
-                locale: str = "") -> pb2.ConversationEvent:
+                locale: str = "", traceparent: str = "") -> pb2.ConversationEvent:
     """The user pressed "yes, end this chat" after a verdict with end_confirmation_required."""
-    event = _event(thread_id, event_id, tenant_id, model, locale, None, "")
+    event = _event(thread_id, event_id, tenant_id, model, locale, None, "", traceparent)
     event.confirm_end.SetInParent()
     return event
 

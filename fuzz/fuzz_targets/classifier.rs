@@ -1,0 +1,6 @@
+//! Fuzz target: `threadwarden::fuzz_harness::classifier` (the invariants are documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    threadwarden::fuzz_harness::classifier(data);
+});
