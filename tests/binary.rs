@@ -239,3 +239,75 @@ async fn the_health_only_listener_serves_health_and_nothing_else() {
     sigterm(&child);
     tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
 }
+
+async fn end_threads(addr: &str, prefix: &str, n: usize) {
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let reqs: Vec<_> = (0..n)
+        .map(|i| pb::ModerateRequest { event: Some(confirm_end(format!("{prefix}-e{i}"), &format!("{prefix}-{i}"))) })
+        .collect();
+    let mut stream = client.moderate(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut ended = 0;
+    while let Some(r) = stream.next().await {
+        if let Some(pb::moderate_response::Result::Verdict(v)) = r.unwrap().result {
+            assert_eq!(action(&v), pb::Action::End);
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, n);
+}
+
+async fn count_ended(addr: &str, prefix: &str, n: usize) -> usize {
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut ended = 0;
+    for i in 0..n {
+        let r = client
+            .get_thread(pb::GetThreadRequest { tenant_id: "tenant-a".into(), thread_id: format!("{prefix}-{i}") })
+            .await;
+        if r.is_ok_and(|r| r.into_inner().thread.unwrap().ended) {
+            ended += 1;
+        }
+    }
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_ends_survive_sigterm_and_kill9_loses_at_most_one_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let state_arg = state.to_str().unwrap().to_string();
+    let args = ["--state-file", state_arg.as_str(), "--snapshot-interval", "1s"];
+
+    let (mut child, addr, _logs) = spawn_serve(&args);
+    end_threads(&addr, "graceful", 1000).await;
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let (mut child, addr, _logs) = spawn_serve(&args);
+    assert_eq!(count_ended(&addr, "graceful", 1000).await, 1000, "0 lost across SIGTERM");
+
+    // kill -9: whatever a periodic snapshot captured survives; at most one interval is lost.
+    end_threads(&addr, "snapshotted", 500).await;
+    let ended_at = std::time::SystemTime::now();
+    // Wait for a periodic snapshot that started after the ENDs (the file's mtime says when).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = std::fs::metadata(&state).and_then(|m| m.modified()).ok();
+        if written.is_some_and(|t| t > ended_at + Duration::from_millis(50)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no periodic snapshot within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    end_threads(&addr, "unsnapshotted", 100).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, addr, _logs) = spawn_serve(&args);
+    assert_eq!(count_ended(&addr, "graceful", 1000).await, 1000);
+    assert_eq!(count_ended(&addr, "snapshotted", 500).await, 500, "older than one interval: kept");
+    let recent = count_ended(&addr, "unsnapshotted", 100).await;
+    assert!(recent <= 100, "the last interval may be lost ({recent} of 100 kept)");
+    sigterm(&child);
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+}

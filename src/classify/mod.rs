@@ -1,22 +1,236 @@
-//! TEMPORARY stub with the agreed API; replaced by the real classifier.
+//! Tier-1 built-in classifier: in-process, microseconds, explainable.
+//!
+//! Owns turning one message into `Scores`: normalise, match the embedded weighted lexicon with
+//! one Aho-Corasick DFA, apply structural rules and benign-context suppressors. It must not do
+//! I/O, use tokio, keep per-conversation state (that is `policy`/`state`), or read unbounded
+//! text: callers pass a bounded window or use `classify_bounded`.
+
+mod lexicon;
+mod normalize;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+pub use lexicon::LexiconError;
+pub use normalize::normalize;
+
 use crate::domain::{Category, Scores};
-pub struct Classifier;
-pub struct Explanation { pub normalized: String, pub hits: Vec<Hit>, pub scores: Scores }
-pub struct Hit { pub rule: String, pub category: Option<Category>, pub signal: Option<&'static str>, pub weight: f32, pub span: (usize, usize), pub suppressed: bool }
+
+use lexicon::{AffirmationSpec, BUILTIN_YAML, Effect, Lexicon};
+use rules::Work;
+
+/// The built-in rule classifier; cheap to share behind an `Arc`, immutable after construction.
+pub struct Classifier {
+    lexicon: Lexicon,
+}
+
+/// Why a message scored as it did, for `threadwarden check TEXT`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    /// The normalised text the rules ran on.
+    pub normalized: String,
+    /// Evidence and applied suppressors, in text order.
+    pub hits: Vec<Hit>,
+    /// The scores, identical to `Classifier::classify` on the same text.
+    pub scores: Scores,
+}
+
+/// One rule firing (or one suppressor applying) in an explanation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// Stable rule id, e.g. `intent_object:weapons.nerve_agent` or `suppressor:kill_process`.
+    pub rule: String,
+    /// The category raised, if the rule raises one.
+    pub category: Option<Category>,
+    /// The signal raised (`crisis_self`, `end_request`, ...), if the rule raises one.
+    pub signal: Option<&'static str>,
+    /// Score contributed (after suppression), or the factor for a suppressor.
+    pub weight: f32,
+    /// Byte range in `Explanation::normalized`.
+    pub span: (usize, usize),
+    /// Whether a suppressor damped this hit.
+    pub suppressed: bool,
+}
+
 impl Classifier {
-    pub fn builtin() -> Classifier { Classifier }
+    /// The classifier over the embedded lexicon; panics only if the embedded data is broken.
+    pub fn builtin() -> Classifier {
+        Classifier::from_yaml(BUILTIN_YAML).expect("embedded lexicon.yaml is valid")
+    }
+
+    /// A classifier over a lexicon document in the embedded format.
+    pub fn from_yaml(yaml: &str) -> Result<Classifier, LexiconError> {
+        Ok(Classifier {
+            lexicon: Lexicon::from_yaml(yaml)?,
+        })
+    }
+
+    /// Number of distinct lexicon patterns after expansion.
+    #[cfg(test)]
+    pub fn lexicon_size(&self) -> usize {
+        self.lexicon.pattern_count()
+    }
+
+    /// Scores one message (the caller bounds its length).
     pub fn classify(&self, text: &str) -> Scores {
-        let t = text.to_lowercase();
-        let mut s = Scores::default();
-        if t.contains("nerve agent") { s.raise(Category::IndiscriminateWeapons, 0.9); }
-        if t.contains("idiot") { s.raise(Category::Abuse, 0.9); }
-        if t.contains("kill myself") { s.crisis_self = 0.9; }
-        if t.contains("end this chat") { s.end_request = 0.9; }
-        if t.trim() == "yes" { s.affirmation = 0.9; }
-        s
+        let normalized = normalize(text);
+        let mut scores = Scores {
+            affirmation: affirmation(&self.lexicon.affirmation, &normalized),
+            ..Scores::default()
+        };
+        if !self.lexicon.is_match(normalized.as_ref()) {
+            return scores;
+        }
+        let mut work = Work::default();
+        rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
+        scores
     }
+
+    /// Scores only the first and last `window` bytes of a long text, marking it truncated.
     pub fn classify_bounded(&self, text: &str, window: usize) -> Scores {
-        let mut s = self.classify(text); s.truncated = text.len() > 2 * window; s
+        if text.len() <= window.saturating_mul(2) {
+            return self.classify(text);
+        }
+        let head = &text[..floor_boundary(text, window)];
+        let tail = &text[ceil_boundary(text, text.len() - window)..];
+        let mut scores = self.classify(head);
+        let t = self.classify(tail);
+        for c in Category::ALL {
+            scores.raise(c, t.get(c));
+        }
+        scores.crisis_self = scores.crisis_self.max(t.crisis_self);
+        scores.crisis_others = scores.crisis_others.max(t.crisis_others);
+        scores.crisis_third_party = scores.crisis_third_party.max(t.crisis_third_party);
+        scores.end_request = scores.end_request.max(t.end_request);
+        scores.affirmation = 0.0;
+        scores.truncated = true;
+        scores
     }
-    pub fn explain(&self, text: &str) -> Explanation { Explanation { normalized: text.to_lowercase(), hits: vec![], scores: self.classify(text) } }
+
+    /// Scores one message and lists the rules and suppressors behind the scores.
+    pub fn explain(&self, text: &str) -> Explanation {
+        let normalized = normalize(text).into_owned();
+        let mut scores = Scores {
+            affirmation: affirmation(&self.lexicon.affirmation, &normalized),
+            ..Scores::default()
+        };
+        let mut work = Work::default();
+        rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
+        let mut hits: Vec<Hit> = work
+            .evidence
+            .iter()
+            .map(|ev| {
+                let (category, signal) = split_effect(ev.effect);
+                Hit {
+                    rule: format!(
+                        "{}:{}",
+                        ev.rule.prefix(),
+                        self.lexicon.entries[ev.entry as usize].id
+                    ),
+                    category,
+                    signal,
+                    weight: ev.score,
+                    span: (ev.start as usize, ev.end as usize),
+                    suppressed: ev.factor < 1.0,
+                }
+            })
+            .collect();
+        for s in rules::applied_suppressors(&work) {
+            let e = &self.lexicon.entries[s.entry as usize];
+            hits.push(Hit {
+                rule: format!("suppressor:{}", e.id),
+                category: None,
+                signal: None,
+                weight: e.weight,
+                span: (s.start as usize, s.end as usize),
+                suppressed: false,
+            });
+        }
+        hits.sort_by(|a, b| a.span.cmp(&b.span).then_with(|| a.rule.cmp(&b.rule)));
+        Explanation {
+            normalized,
+            hits,
+            scores,
+        }
+    }
+}
+
+fn split_effect(effect: Effect) -> (Option<Category>, Option<&'static str>) {
+    match effect {
+        Effect::Category(c) => (Some(c), None),
+        Effect::Signal(s) => (None, Some(s.name())),
+    }
+}
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Longest normalised message, in bytes, that is still checked for an affirmation.
+const AFFIRMATION_MAX_BYTES: usize = 96;
+
+/// 1.0 for a message made only of affirmative words and fillers, 0.6 for a short message that
+/// opens with one, 0.0 otherwise or when it holds a negator.
+fn affirmation(spec: &AffirmationSpec, text: &str) -> f32 {
+    if text.len() > AFFIRMATION_MAX_BYTES || text.is_empty() {
+        return 0.0;
+    }
+    let mut toks: [&str; 16] = [""; 16];
+    let mut n = 0;
+    for t in text
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|t| !t.is_empty())
+    {
+        if n == toks.len() || n == spec.max_tokens {
+            return 0.0;
+        }
+        toks[n] = t;
+        n += 1;
+    }
+    let toks = &toks[..n];
+    if toks.is_empty() || toks.iter().any(|t| spec.negators.iter().any(|w| w == t)) {
+        return 0.0;
+    }
+    let mut i = 0;
+    let mut words = 0;
+    let mut first_is_word = false;
+    while i < toks.len() {
+        if let Some(len) = phrase_at(&spec.words, &toks[i..]) {
+            if i == 0 {
+                first_is_word = true;
+            }
+            words += 1;
+            i += len;
+        } else if let Some(len) = phrase_at(&spec.fillers, &toks[i..]) {
+            i += len;
+        } else {
+            return if first_is_word { 0.6 } else { 0.0 };
+        }
+    }
+    if words > 0 { 1.0 } else { 0.0 }
+}
+
+/// Length in tokens of the first phrase in `list` that `toks` starts with.
+fn phrase_at(list: &[String], toks: &[&str]) -> Option<usize> {
+    list.iter().find_map(|phrase| {
+        let mut n = 0;
+        for (k, w) in phrase.split(' ').enumerate() {
+            if toks.get(k) != Some(&w) {
+                return None;
+            }
+            n += 1;
+        }
+        Some(n)
+    })
 }

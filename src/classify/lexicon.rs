@@ -1,0 +1,626 @@
+//! The weighted lexicon: YAML schema, term expansion, and the Aho-Corasick automaton over it.
+//!
+//! Owns parsing the embedded `lexicon.yaml` once, expanding `{a|b}` alternations, normalising
+//! every term with the same `normalize` used on messages, and word-boundary checks on hits.
+//! It must not score anything (that is `rules`), do I/O beyond `include_str!`, or use tokio.
+
+use std::collections::HashMap;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use serde::Deserialize;
+
+use super::normalize::normalize;
+use crate::domain::Category;
+
+/// The lexicon compiled into the binary.
+pub const BUILTIN_YAML: &str = include_str!("lexicon.yaml");
+
+/// Most expansions one `{a|b}` term may produce; guards against a typo exploding the automaton.
+const MAX_EXPANSIONS: usize = 1024;
+
+/// Why a lexicon could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LexiconError {
+    /// The YAML did not parse or did not match the schema.
+    #[error("lexicon yaml: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// A group is inconsistent (missing category, unknown name, bad weight, ...).
+    #[error("lexicon group `{group}`: {reason}")]
+    Invalid {
+        /// The group id.
+        group: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The automaton could not be built.
+    #[error("lexicon automaton: {0}")]
+    Build(#[from] aho_corasick::BuildError),
+}
+
+/// A score output that is not a harm category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// First-person risk to self.
+    CrisisSelf,
+    /// Stated intent of violent harm to others.
+    CrisisOthers,
+    /// Concern for someone else at risk.
+    CrisisThirdParty,
+    /// The user asks to end the conversation.
+    EndRequest,
+}
+
+impl Signal {
+    /// The stable snake_case name used in the YAML and in `Hit::signal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::CrisisSelf => "crisis_self",
+            Signal::CrisisOthers => "crisis_others",
+            Signal::CrisisThirdParty => "crisis_third_party",
+            Signal::EndRequest => "end_request",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Signal> {
+        [
+            Signal::CrisisSelf,
+            Signal::CrisisOthers,
+            Signal::CrisisThirdParty,
+            Signal::EndRequest,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// What a piece of evidence raises: a category or a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// A harm category.
+    Category(Category),
+    /// A non-category signal.
+    Signal(Signal),
+}
+
+impl Effect {
+    fn parse(name: &str) -> Option<Effect> {
+        Category::from_name(name)
+            .map(Effect::Category)
+            .or_else(|| Signal::from_name(name).map(Effect::Signal))
+    }
+}
+
+/// What a lexicon entry contributes to the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Unambiguous on its own: scores its effect directly.
+    Direct,
+    /// A harmful object: scores low alone, high next to a request, verb or evasion.
+    Object,
+    /// A request frame ("how do i", "step by step").
+    Request,
+    /// A procedural verb ("synthesize", "build"); may be limited to some categories.
+    Verb,
+    /// Evasion or non-consent ("without getting caught"): a strong request signal.
+    Evasion,
+    /// A violent act done to someone ("kill", "poison"); needs a target or a request.
+    Act,
+    /// A person an act is aimed at ("my neighbor", "him", "you").
+    Target,
+    /// First-person desire or plan ("i want to", "im going to").
+    FirstPerson,
+    /// Death or self-harm wording that needs a first- or third-person subject ("die").
+    Death,
+    /// Someone else as subject ("my friend", "she").
+    ThirdParty,
+    /// Reported speech ("said", "told me"), for quoted crisis wording.
+    Report,
+    /// Second person or the assistant ("you", "this bot").
+    You,
+    /// An insult; abuse when aimed at the assistant.
+    Insult,
+    /// A group of people (identity term).
+    Group,
+    /// A dehumanising or hostile predicate; hate when next to a group.
+    HatePred,
+    /// A minor; turns sexual evidence into child sexual exploitation.
+    Minor,
+    /// An end verb ("end", "stop", "close").
+    EndVerb,
+    /// What an end verb ends ("this chat", "the conversation").
+    ConvObj,
+    /// Present-time wording ("again", "tonight") that cancels past-tense damping.
+    Present,
+    /// Damps or cancels nearby evidence.
+    Suppressor,
+}
+
+/// Which verbs an object needs before it scores at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strict {
+    /// Scores alone (as a mention) and more with any intent.
+    #[default]
+    No,
+    /// Scores only next to a verb, generic or category-specific.
+    Any,
+    /// Scores only next to a verb limited to the object's category.
+    Category,
+}
+
+/// Where a suppressor must sit relative to the evidence it damps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Before or after, within the window.
+    #[default]
+    Both,
+    /// Before the evidence only.
+    Before,
+    /// After the evidence only.
+    After,
+}
+
+/// One lexicon entry (a YAML group); many terms may share it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Stable group id, e.g. `weapons.nerve_agent`.
+    pub id: String,
+    /// What the entry contributes.
+    pub role: Role,
+    /// The category or signal it raises (direct, object, act, insult, ...).
+    pub effect: Option<Effect>,
+    /// Weight in `[0, 1]`; for suppressors, the factor applied to damped evidence.
+    pub weight: f32,
+    /// Suppressors: effects damped (empty: all). Verbs: categories boosted (empty: all).
+    pub applies: Vec<Effect>,
+    /// Suppressors: token window (0: must overlap the evidence).
+    pub window: u32,
+    /// Suppressors: where the suppressor must sit.
+    pub direction: Direction,
+    /// Suppressors: ignored when present-time wording is near the evidence.
+    pub unless_present: bool,
+    /// Suppressors: ignored when a verb for the evidence's category is near it.
+    pub unless_verb: bool,
+    /// Suppressors: apply only to acts that found no person target ("kill the process").
+    pub only_untargeted: bool,
+    /// Objects: which verbs the object needs before it scores.
+    pub strict: Strict,
+    /// Targets: a specific person (harm to others) rather than anyone.
+    pub specific: bool,
+    /// Targets: the assistant itself (threats become abuse).
+    pub assistant: bool,
+}
+
+/// One automaton pattern: a normalised term and the entries it belongs to.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    /// The normalised term.
+    pub term: String,
+    /// The char before a hit must not be alphanumeric.
+    pub left_boundary: bool,
+    /// The char after a hit must not be alphanumeric.
+    pub right_boundary: bool,
+    /// Indices into `Lexicon::entries`.
+    pub entries: Vec<u32>,
+}
+
+/// Tunable windows and factors, from the YAML `params` block.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Fraction of an object's weight it scores without any request nearby.
+    pub mention_factor: f32,
+    /// Tokens either side of an object in which a request counts.
+    pub request_window: u32,
+    /// Tokens before an object in which a verb counts.
+    pub verb_before: u32,
+    /// Tokens after an object in which a verb counts.
+    pub verb_after: u32,
+    /// Tokens after an act in which its target must start.
+    pub target_window: u32,
+    /// Tokens before a death/act/object in which a first-person marker counts.
+    pub first_person_window: u32,
+    /// Tokens before crisis wording in which a third-party subject counts.
+    pub third_party_window: u32,
+    /// Tokens either side of an insult in which "you" counts.
+    pub you_window: u32,
+    /// Tokens either side of a hate predicate in which a group counts.
+    pub group_window: u32,
+    /// Tokens either side of sexual evidence in which a minor counts.
+    pub minor_window: u32,
+    /// Tokens after an end verb in which the conversation object must start.
+    pub conv_window: u32,
+    /// Tokens a sentence break adds to distances.
+    pub sentence_gap: u32,
+    /// Scores from an act with no target are multiplied by this.
+    pub untargeted_act: f32,
+    /// Hits kept per message (pathological input guard).
+    pub max_hits: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            mention_factor: 0.45,
+            request_window: 12,
+            verb_before: 5,
+            verb_after: 3,
+            target_window: 4,
+            first_person_window: 6,
+            third_party_window: 10,
+            you_window: 3,
+            group_window: 6,
+            minor_window: 10,
+            conv_window: 3,
+            sentence_gap: 3,
+            untargeted_act: 0.55,
+            max_hits: 2048,
+        }
+    }
+}
+
+/// Short-message affirmation vocabulary.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffirmationSpec {
+    /// Longest message, in tokens, that can be an affirmation.
+    pub max_tokens: usize,
+    /// Affirmative words and phrases ("yes", "do it").
+    pub words: Vec<String>,
+    /// Words allowed around them ("please", "end", "it").
+    pub fillers: Vec<String>,
+    /// Words that make the message not an affirmation ("no", "dont").
+    pub negators: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    version: u32,
+    #[serde(default)]
+    params: Params,
+    affirmation: AffirmationSpec,
+    groups: Vec<Group>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Group {
+    id: String,
+    role: Role,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default = "one")]
+    weight: f32,
+    #[serde(default)]
+    applies: Vec<String>,
+    #[serde(default)]
+    window: u32,
+    #[serde(default)]
+    direction: Direction,
+    #[serde(default)]
+    unless_present: bool,
+    #[serde(default)]
+    unless_verb: bool,
+    #[serde(default)]
+    only_untargeted: bool,
+    #[serde(default)]
+    inflect: bool,
+    #[serde(default)]
+    strict: Strict,
+    #[serde(default)]
+    specific: bool,
+    #[serde(default)]
+    assistant: bool,
+    terms: Vec<String>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// The compiled lexicon.
+pub struct Lexicon {
+    /// Entries, one per YAML group.
+    pub entries: Vec<Entry>,
+    /// Patterns, indexed by automaton pattern id.
+    pub patterns: Vec<Pattern>,
+    /// DFAs over the ASCII and the non-ASCII patterns.
+    automata: [Matcher; 2],
+    /// Windows and factors.
+    pub params: Params,
+    /// Affirmation vocabulary, normalised.
+    pub affirmation: AffirmationSpec,
+    /// Largest suppressor window, bounding the suppressor search.
+    pub max_suppressor_window: u32,
+}
+
+impl Lexicon {
+    /// Parses and compiles a lexicon document.
+    pub fn from_yaml(yaml: &str) -> Result<Lexicon, LexiconError> {
+        let doc: Document = serde_yaml::from_str(yaml)?;
+        if doc.version != 1 {
+            return Err(invalid("<document>", "only version 1 is supported"));
+        }
+        let mut entries = Vec::with_capacity(doc.groups.len());
+        let mut patterns: Vec<Pattern> = Vec::new();
+        let mut by_term: HashMap<(String, bool, bool), usize> = HashMap::new();
+        for group in &doc.groups {
+            let entry = build_entry(group)?;
+            let entry_idx = u32::try_from(entries.len()).expect("fewer than 2^32 groups");
+            entries.push(entry);
+            for raw in &group.terms {
+                let mut terms = expand(raw).map_err(|reason| invalid(&group.id, &reason))?;
+                if group.inflect {
+                    terms = terms.iter().flat_map(|t| inflect(t)).collect();
+                }
+                for expanded in terms {
+                    let (term, left, right) = parse_term(&expanded);
+                    if term.trim().is_empty() {
+                        return Err(invalid(&group.id, "empty term"));
+                    }
+                    let key = (term.clone(), left, right);
+                    let idx = *by_term.entry(key).or_insert_with(|| {
+                        patterns.push(Pattern {
+                            term,
+                            left_boundary: left,
+                            right_boundary: right,
+                            entries: Vec::new(),
+                        });
+                        patterns.len() - 1
+                    });
+                    let slot = &mut patterns[idx].entries;
+                    if !slot.contains(&entry_idx) {
+                        slot.push(entry_idx);
+                    }
+                }
+            }
+        }
+        // Two automata: non-ASCII patterns would multiply the byte classes (and so the size)
+        // of the ASCII DFA, and most messages never need them.
+        let automata = [
+            Matcher::build(&patterns, |t| t.is_ascii())?,
+            Matcher::build(&patterns, |t| !t.is_ascii())?,
+        ];
+        let mut affirmation = doc.affirmation;
+        for list in [
+            &mut affirmation.words,
+            &mut affirmation.fillers,
+            &mut affirmation.negators,
+        ] {
+            for w in list.iter_mut() {
+                *w = normalize(w).into_owned();
+            }
+            // Longest first so multi-word phrases win over their first word.
+            list.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        }
+        let max_suppressor_window = entries
+            .iter()
+            .filter(|e| e.role == Role::Suppressor)
+            .map(|e| e.window)
+            .max()
+            .unwrap_or(0);
+        Ok(Lexicon {
+            max_suppressor_window,
+            entries,
+            patterns,
+            automata,
+            params: doc.params,
+            affirmation,
+        })
+    }
+
+    /// Whether any pattern occurs in `text` (word boundaries not checked).
+    pub fn is_match(&self, text: &str) -> bool {
+        self.automata[0].ac.is_match(text)
+            || (!text.is_ascii() && self.automata[1].ac.is_match(text))
+    }
+
+    /// Calls `f(pattern, start, end)` for every (overlapping) pattern occurrence in `text`.
+    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize, usize) -> bool) {
+        let sets = if text.is_ascii() { 1 } else { 2 };
+        for m in &self.automata[..sets] {
+            for hit in m.ac.find_overlapping_iter(text) {
+                let pattern = m.ids[hit.pattern().as_usize()] as usize;
+                if !f(pattern, hit.start(), hit.end()) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Number of distinct automaton patterns (normalised, expanded terms).
+    #[cfg(test)]
+    pub fn pattern_count(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Whether a hit of `pattern` at `start..end` of `text` sits on word boundaries.
+    pub fn on_boundaries(&self, pattern: usize, text: &str, start: usize, end: usize) -> bool {
+        let p = &self.patterns[pattern];
+        let left_ok = !p.left_boundary
+            || text[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_alphanumeric());
+        let right_ok = !p.right_boundary
+            || text[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_alphanumeric());
+        left_ok && right_ok
+    }
+}
+
+/// One DFA over a subset of the patterns, with the map back to pattern indices.
+struct Matcher {
+    ac: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+impl Matcher {
+    fn build(patterns: &[Pattern], keep: impl Fn(&str) -> bool) -> Result<Matcher, LexiconError> {
+        let ids: Vec<u32> = (0..patterns.len())
+            .filter(|&i| keep(&patterns[i].term))
+            .map(|i| u32::try_from(i).expect("fewer than 2^32 patterns"))
+            .collect();
+        let ac = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::DFA))
+            .match_kind(MatchKind::Standard)
+            .build(ids.iter().map(|&i| patterns[i as usize].term.as_str()))?;
+        Ok(Matcher { ac, ids })
+    }
+}
+
+fn invalid(group: &str, reason: &str) -> LexiconError {
+    LexiconError::Invalid {
+        group: group.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn build_entry(group: &Group) -> Result<Entry, LexiconError> {
+    let effect = match (&group.category, &group.signal) {
+        (Some(_), Some(_)) => return Err(invalid(&group.id, "both category and signal")),
+        (Some(name), None) | (None, Some(name)) => {
+            Some(Effect::parse(name).ok_or_else(|| {
+                invalid(&group.id, &format!("unknown category or signal `{name}`"))
+            })?)
+        }
+        (None, None) => None,
+    };
+    let needs_effect = matches!(
+        group.role,
+        Role::Direct | Role::Object | Role::Act | Role::Insult | Role::HatePred | Role::Death
+    );
+    if needs_effect && effect.is_none() {
+        return Err(invalid(&group.id, "this role needs a category or signal"));
+    }
+    if !(0.0..=1.0).contains(&group.weight) {
+        return Err(invalid(&group.id, "weight must be within [0, 1]"));
+    }
+    let applies = group
+        .applies
+        .iter()
+        .map(|n| Effect::parse(n).ok_or_else(|| invalid(&group.id, &format!("unknown `{n}`"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if group.terms.is_empty() {
+        return Err(invalid(&group.id, "no terms"));
+    }
+    Ok(Entry {
+        id: group.id.clone(),
+        role: group.role,
+        effect,
+        weight: group.weight,
+        applies,
+        window: group.window,
+        direction: group.direction,
+        unless_present: group.unless_present,
+        unless_verb: group.unless_verb,
+        only_untargeted: group.only_untargeted,
+        strict: group.strict,
+        specific: group.specific,
+        assistant: group.assistant,
+    })
+}
+
+/// Expands `{a|b|}` alternations (nested groups are not supported).
+fn expand(raw: &str) -> Result<Vec<String>, String> {
+    let mut out = vec![String::new()];
+    let mut rest = raw;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c)
+            .ok_or_else(|| format!("unclosed `{{` in `{raw}`"))?;
+        let literal = &rest[..open];
+        let options: Vec<&str> = rest[open + 1..close].split('|').collect();
+        let mut next = Vec::with_capacity(out.len() * options.len());
+        for prefix in &out {
+            for opt in &options {
+                next.push(format!("{prefix}{literal}{opt}"));
+            }
+        }
+        if next.len() > MAX_EXPANSIONS {
+            return Err(format!(
+                "`{raw}` expands to more than {MAX_EXPANSIONS} terms"
+            ));
+        }
+        out = next;
+        rest = &rest[close + 1..];
+    }
+    for s in &mut out {
+        s.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// The term plus English inflections of its first word ("hack into" -> "hacks into",
+/// "hacking into", "hacked into"); over-generation is harmless, the automaton dedupes.
+fn inflect(term: &str) -> Vec<String> {
+    let (word, rest) = match term.find(' ') {
+        Some(i) => term.split_at(i),
+        None => (term, ""),
+    };
+    let bare = word.trim_start_matches('*');
+    if bare.len() < 2 || !bare.bytes().all(|b| b.is_ascii_lowercase()) {
+        return vec![term.to_owned()];
+    }
+    let prefix = &word[..word.len() - bare.len()];
+    let b = bare.as_bytes();
+    let last = b[b.len() - 1];
+    let vowel = |c: u8| matches!(c, b'a' | b'e' | b'i' | b'o' | b'u');
+    let mut forms = vec![bare.to_owned(), format!("{bare}s"), format!("{bare}es")];
+    if last == b'e' {
+        let stem = &bare[..bare.len() - 1];
+        forms.extend([format!("{stem}ing"), format!("{bare}d")]);
+    } else if last == b'y' && !vowel(b[b.len() - 2]) {
+        let stem = &bare[..bare.len() - 1];
+        forms.extend([
+            format!("{stem}ies"),
+            format!("{stem}ied"),
+            format!("{bare}ing"),
+        ]);
+    } else {
+        forms.extend([format!("{bare}ing"), format!("{bare}ed")]);
+        let cvc = b.len() >= 3
+            && !vowel(last)
+            && !matches!(last, b'w' | b'x' | b'y')
+            && vowel(b[b.len() - 2])
+            && !vowel(b[b.len() - 3]);
+        if cvc {
+            let c = last as char;
+            forms.extend([format!("{bare}{c}ing"), format!("{bare}{c}ed")]);
+        }
+    }
+    forms
+        .into_iter()
+        .map(|f| format!("{prefix}{f}{rest}"))
+        .collect()
+}
+
+/// Strips `*` boundary markers and normalises; CJK terms never need boundaries.
+fn parse_term(expanded: &str) -> (String, bool, bool) {
+    let t = expanded.trim();
+    let (t, left_free) = match t.strip_prefix('*') {
+        Some(s) => (s, true),
+        None => (t, false),
+    };
+    let (t, right_free) = match t.strip_suffix('*') {
+        Some(s) => (s, true),
+        None => (t, false),
+    };
+    let term = normalize(t).into_owned();
+    let cjk = term.chars().any(is_cjk);
+    (term, !left_free && !cjk, !right_free && !cjk)
+}
+
+/// Han, kana and hangul: scripts written without spaces between words.
+pub fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xf900..=0xfaff | 0xac00..=0xd7af)
+}

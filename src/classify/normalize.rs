@@ -1,0 +1,540 @@
+//! Text normalisation for the built-in classifier: one canonical, matchable form per message.
+//!
+//! Owns NFKC-style folding, lowercasing, format-character stripping, homoglyph and leetspeak
+//! mapping, spaced-letter collapsing and whitespace collapsing. It must not do I/O, allocate
+//! when the text is already normal, panic, or take more than linear time on any input.
+
+use std::borrow::Cow;
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::{
+    canonical_combining_class, decompose_compatible, is_combining_mark,
+};
+
+/// Normalises `text` for matching; borrows when the text is already normal.
+pub fn normalize(text: &str) -> Cow<'_, str> {
+    if is_simple_ascii(text) {
+        return match token_pass(text) {
+            None => Cow::Borrowed(text),
+            Some(out) => Cow::Owned(out),
+        };
+    }
+    let folded = fold_chars(text);
+    match token_pass(&folded) {
+        None => Cow::Owned(folded),
+        Some(out) => Cow::Owned(out),
+    }
+}
+
+/// Printable lowercase ASCII only: the character pass would leave it unchanged.
+fn is_simple_ascii(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && !b.is_ascii_uppercase())
+}
+
+/// Character pass: compatibility folding, lowercasing, stripping, whitespace mapping.
+fn fold_chars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut scratch = String::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii() {
+            out.push(ascii_fold(b));
+            i += 1;
+            continue;
+        }
+        // A run of non-ASCII chars goes through NFKD, filtering and NFC together so that
+        // composition sees whole combining sequences; ASCII around it never composes.
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii() {
+            i += 1;
+        }
+        fold_unicode_run(&text[start..i], &mut scratch, &mut out);
+    }
+    out
+}
+
+fn ascii_fold(b: u8) -> char {
+    match b {
+        b'\t' | b'\n' | 0x0b | 0x0c | b'\r' => ' ',
+        0..=0x1f | 0x7f => ' ',
+        _ => b.to_ascii_lowercase() as char,
+    }
+}
+
+fn fold_unicode_run(run: &str, scratch: &mut String, out: &mut String) {
+    // Most non-ASCII text (quotes, dashes, Cyrillic, CJK, Devanagari) is already
+    // NFKC-stable char by char: then lowercasing and mapping is all there is to do.
+    if run.chars().all(is_nfkc_stable) {
+        for c in run.chars() {
+            for lc in c.to_lowercase() {
+                if let Some(mapped) = map_char(lc) {
+                    out.push(mapped);
+                }
+            }
+        }
+        return;
+    }
+    scratch.clear();
+    for c in run.nfkd() {
+        for lc in c.to_lowercase() {
+            if let Some(mapped) = map_char(lc) {
+                scratch.push(mapped);
+            }
+        }
+    }
+    out.extend(scratch.nfc());
+}
+
+/// A char that NFKD leaves alone and that cannot combine with its neighbours.
+fn is_nfkc_stable(c: char) -> bool {
+    if is_combining_mark(c) {
+        return false;
+    }
+    let mut n = 0;
+    let mut same = true;
+    decompose_compatible(c, |d| {
+        n += 1;
+        same &= d == c;
+    });
+    n == 1 && same && !(0x1100..=0x11ff).contains(&(c as u32))
+}
+
+/// Per-char mapping after decomposition: `None` drops the char.
+fn map_char(c: char) -> Option<char> {
+    if is_stripped(c) {
+        return None;
+    }
+    if c.is_whitespace() || c.is_control() {
+        return Some(' ');
+    }
+    Some(match c {
+        '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}' | '\u{2032}' | '\u{02bc}'
+        | '\u{02b9}' | '\u{00b4}' | '\u{0060}' => '\'',
+        '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{201f}' | '\u{2033}' | '\u{00ab}'
+        | '\u{00bb}' => '"',
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{2043}' => '-',
+        '\u{0131}' => 'i',
+        '\u{0251}' => 'a',
+        '\u{0261}' => 'g',
+        '\u{00df}' => 's',
+        _ => c,
+    })
+}
+
+/// Format characters, invisible fillers and diacritic marks that carry no matchable content.
+fn is_stripped(c: char) -> bool {
+    let cp = c as u32;
+    matches!(
+        cp,
+        0x00ad
+            | 0x034f
+            | 0x061c
+            | 0x0640
+            | 0x115f
+            | 0x1160
+            | 0x17b4
+            | 0x17b5
+            | 0x180b..=0x180f
+            | 0x200b..=0x200f
+            | 0x202a..=0x202e
+            | 0x2060..=0x2064
+            | 0x2066..=0x206f
+            | 0x3164
+            | 0xfe00..=0xfe0f
+            | 0xfeff
+            | 0xffa0
+            | 0xfff9..=0xfffb
+            | 0x1d173..=0x1d17a
+            | 0xe0000..=0xe007f
+            | 0xe0100..=0xe01ef
+    ) || (is_diacritic_range(cp) && canonical_combining_class(c) != 0)
+        || matches!(cp, 0x0483..=0x0489 | 0x064b..=0x065f | 0x0670)
+}
+
+/// Latin/Greek/Cyrillic combining diacritics (accents, zalgo stacks) and Arabic harakat.
+fn is_diacritic_range(cp: u32) -> bool {
+    matches!(
+        cp,
+        0x0300..=0x036f | 0x1ab0..=0x1aff | 0x1dc0..=0x1dff | 0x20d0..=0x20ff | 0xfe20..=0xfe2f
+    )
+}
+
+/// Cyrillic and Greek letters that render like a Latin letter.
+fn confusable(c: char) -> Option<char> {
+    Some(match c {
+        'а' => 'a',
+        'в' => 'b',
+        'е' => 'e',
+        'һ' => 'h',
+        'н' => 'h',
+        'і' => 'i',
+        'ј' => 'j',
+        'к' => 'k',
+        'м' => 'm',
+        'о' => 'o',
+        'р' => 'p',
+        'ԛ' => 'q',
+        'ѕ' => 's',
+        'с' => 'c',
+        'т' => 't',
+        'у' => 'y',
+        'ԝ' => 'w',
+        'х' => 'x',
+        'ԁ' => 'd',
+        'α' => 'a',
+        'ε' => 'e',
+        'ι' => 'i',
+        'κ' => 'k',
+        'ν' => 'v',
+        'ο' => 'o',
+        'ρ' => 'p',
+        'τ' => 't',
+        'υ' => 'u',
+        'χ' => 'x',
+        'ϲ' => 'c',
+        _ => return None,
+    })
+}
+
+fn leet(c: char) -> Option<char> {
+    Some(match c {
+        '0' => 'o',
+        '1' => 'i',
+        '3' => 'e',
+        '4' => 'a',
+        '5' => 's',
+        '7' => 't',
+        '@' => 'a',
+        '$' => 's',
+        '!' => 'i',
+        _ => return None,
+    })
+}
+
+/// Suffixes after a leading number that make it a quantity, not leetspeak ("1st", "5kg").
+const NUMBER_SUFFIXES: &[&str] = &[
+    "st", "nd", "rd", "th", "s", "k", "m", "g", "d", "h", "x", "am", "pm", "px", "kb", "mb", "gb",
+    "tb", "hz", "fps", "p", "kg", "km", "cm", "mm", "ml", "lb", "lbs", "yo", "min", "ms", "v", "w",
+];
+
+/// Token pass: returns `None` when the text is already normal at token level.
+fn token_pass(s: &str) -> Option<String> {
+    if !token_pass_needed(s) {
+        return None;
+    }
+    let tokens: Vec<&str> = SpaceSplit::new(s).collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let tok = tokens[i];
+        if tok.is_empty() {
+            i += 1;
+            continue;
+        }
+        let run = single_letter_run(&tokens[i..]);
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if run >= 3 {
+            for t in &tokens[i..i + run] {
+                out.push_str(t);
+            }
+            i += run;
+        } else {
+            if token_is_plain(tok) {
+                out.push_str(tok);
+            } else {
+                push_token(tok, &mut out);
+            }
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Cheap allocation-free scan: could the token pass change anything?
+fn token_pass_needed(s: &str) -> bool {
+    if s.starts_with(' ') || s.ends_with(' ') || s.contains("  ") {
+        return true;
+    }
+    let mut run = 0;
+    for tok in SpaceSplit::new(s) {
+        if is_single_letter(tok) {
+            run += 1;
+            if run >= 3 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+        if !token_is_plain(tok) && token_changes(tok) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `str::split(' ')` without the per-call memchr setup, which dominates on short words.
+struct SpaceSplit<'a> {
+    s: &'a str,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> SpaceSplit<'a> {
+    fn new(s: &'a str) -> Self {
+        SpaceSplit {
+            s,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl<'a> Iterator for SpaceSplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        let bytes = self.s.as_bytes();
+        let start = self.pos;
+        let mut i = start;
+        while i < bytes.len() && bytes[i] != b' ' {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            self.done = true;
+        } else {
+            self.pos = i + 1;
+        }
+        // Splitting at an ASCII space always lands on char boundaries.
+        Some(&self.s[start..i])
+    }
+}
+
+/// Byte-level shortcut: ASCII tokens with no leet mix, apostrophe or dotted letters are
+/// left unchanged by `push_token`, so they skip the char-level work.
+fn token_is_plain(tok: &str) -> bool {
+    let b = tok.as_bytes();
+    if b.len() >= 2 && b[0].is_ascii_alphabetic() && matches!(b[1], b'.' | b'-' | b'_' | b'*') {
+        return false;
+    }
+    let mut letters = false;
+    let mut leetish = false;
+    for &c in b {
+        match c {
+            b'a'..=b'z' => letters = true,
+            b'0' | b'1' | b'3' | b'4' | b'5' | b'7' | b'@' | b'$' | b'!' => leetish = true,
+            b'\'' | 0x80..=0xff => return false,
+            _ => {}
+        }
+    }
+    !(letters && leetish)
+}
+
+fn is_single_letter(tok: &str) -> bool {
+    let mut chars = tok.chars();
+    matches!((chars.next(), chars.next()), (Some(c), None) if c.is_alphabetic())
+}
+
+/// Length of the run of single-letter tokens at the start of `tokens` (no empty gaps).
+fn single_letter_run(tokens: &[&str]) -> usize {
+    tokens.iter().take_while(|t| is_single_letter(t)).count()
+}
+
+fn token_changes(tok: &str) -> bool {
+    if dotted_letters(tok).is_some() {
+        return true;
+    }
+    let mut rest = tok;
+    while let Some((word, after)) = next_word(rest) {
+        if word_changes(word) {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// Word characters inside a token: letters, digits, leet symbols and inner apostrophes.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '@' | '$' | '!' | '\'')
+}
+
+/// Splits off the next maximal run of word characters.
+fn next_word(s: &str) -> Option<(&str, &str)> {
+    let start = s.find(is_word_char)?;
+    let tail = &s[start..];
+    let len = tail.find(|c| !is_word_char(c)).unwrap_or(tail.len());
+    Some((&tail[..len], &tail[len..]))
+}
+
+/// "k.i.l.l", "k-i-l-l", "k_i_l_l", "k*i*l*l": at least three single letters, one separator.
+/// Returns the letters-and-separators core, the separator, and the punctuation after it.
+fn dotted_letters(tok: &str) -> Option<(&str, char, &str)> {
+    let core_len = tok
+        .trim_end_matches(['.', ',', '!', '?', ';', ':', ')', '"'])
+        .len();
+    let (core, tail) = tok.split_at(core_len);
+    let mut chars = core.chars();
+    let first = chars.next()?;
+    let sep = chars.next()?;
+    if !first.is_alphabetic() || !matches!(sep, '.' | '-' | '_' | '*') {
+        return None;
+    }
+    let mut letters = 1;
+    let mut expect_letter = true;
+    for c in chars {
+        if expect_letter {
+            if !c.is_alphabetic() {
+                return None;
+            }
+            letters += 1;
+        } else if c != sep {
+            return None;
+        }
+        expect_letter = !expect_letter;
+    }
+    // The core ends on a letter ("k.i.l.l"); a trailing "." of "u.s.a." is in `tail`.
+    (letters >= 3 && !expect_letter).then_some((core, sep, tail.strip_prefix(sep).unwrap_or(tail)))
+}
+
+fn push_token(tok: &str, out: &mut String) {
+    if let Some((core, sep, tail)) = dotted_letters(tok) {
+        out.extend(core.chars().filter(|&c| c != sep));
+        out.push_str(tail);
+        return;
+    }
+    let mut rest = tok;
+    while let Some((word, after)) = next_word(rest) {
+        let gap = &rest[..rest.len() - word.len() - after.len()];
+        out.push_str(gap);
+        push_word(word, out);
+        rest = after;
+    }
+    out.push_str(rest);
+}
+
+#[derive(Default)]
+struct WordShape {
+    ascii_letters: usize,
+    other_letters: usize,
+    confusables: usize,
+    leet_digits: usize,
+    other_digits: usize,
+    symbols: usize,
+    apostrophes: usize,
+}
+
+fn shape(word: &str) -> WordShape {
+    let mut s = WordShape::default();
+    for c in word.chars() {
+        match c {
+            'a'..='z' => s.ascii_letters += 1,
+            '0' | '1' | '3' | '4' | '5' | '7' => s.leet_digits += 1,
+            '0'..='9' => s.other_digits += 1,
+            '@' | '$' | '!' => s.symbols += 1,
+            '\'' => s.apostrophes += 1,
+            _ if confusable(c).is_some() => s.confusables += 1,
+            _ if c.is_alphanumeric() => s.other_letters += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+fn word_changes(word: &str) -> bool {
+    let s = shape(word);
+    map_confusables(&s) || map_leet(word, &s) || inner_apostrophe(word, &s)
+}
+
+/// Confusables are mapped inside words that already hold Latin letters, or consist of them only.
+fn map_confusables(s: &WordShape) -> bool {
+    s.confusables > 0 && (s.ascii_letters > 0 || s.other_letters == 0)
+}
+
+/// Leetspeak applies to words mixing letters with leet digits or symbols, never to quantities.
+fn map_leet(word: &str, s: &WordShape) -> bool {
+    if s.leet_digits + s.symbols == 0 || s.other_digits > 0 {
+        return false;
+    }
+    if s.ascii_letters + s.confusables == 0 {
+        return false;
+    }
+    let digits_end = word
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(word.len());
+    if digits_end > 0 && NUMBER_SUFFIXES.contains(&&word[digits_end..]) {
+        return false;
+    }
+    // An '@' or '!' at an edge is punctuation, not leet.
+    s.leet_digits > 0 || word.char_indices().any(|(i, c)| leet_symbol_at(word, i, c))
+}
+
+fn leet_symbol_at(word: &str, i: usize, c: char) -> bool {
+    let prev = word[..i].chars().next_back();
+    let next = word[i + c.len_utf8()..].chars().next();
+    let letter = |o: Option<char>| o.is_some_and(|p| p.is_alphanumeric() || leet(p).is_some());
+    match c {
+        '$' => letter(prev) || letter(next),
+        '@' | '!' => letter(prev) && letter(next),
+        _ => false,
+    }
+}
+
+fn inner_apostrophe(word: &str, s: &WordShape) -> bool {
+    s.apostrophes > 0
+        && word.char_indices().any(|(i, c)| {
+            c == '\''
+                && word[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric)
+                && word[i + 1..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphanumeric)
+        })
+}
+
+fn push_word(word: &str, out: &mut String) {
+    let s = shape(word);
+    let conf = map_confusables(&s);
+    let lt = map_leet(word, &s);
+    if !conf && !lt && !inner_apostrophe(word, &s) {
+        out.push_str(word);
+        return;
+    }
+    let mut prev: Option<char> = None;
+    let mut iter = word.char_indices().peekable();
+    while let Some((i, c)) = iter.next() {
+        let next = iter.peek().map(|&(_, n)| n);
+        let before = prev.replace(c);
+        if c == '\'' {
+            // Inner apostrophes vanish ("don't" -> "dont"); edge ones stay as punctuation.
+            let inner = before.is_some_and(char::is_alphanumeric)
+                && next.is_some_and(char::is_alphanumeric);
+            if !inner {
+                out.push(c);
+            }
+            continue;
+        }
+        if conf && let Some(m) = confusable(c) {
+            out.push(m);
+            continue;
+        }
+        if lt && let Some(m) = leet(c) {
+            let is_symbol = matches!(c, '@' | '$' | '!');
+            if !is_symbol || leet_symbol_at(word, i, c) {
+                out.push(m);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+}
