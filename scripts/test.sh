@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need, builds the
-# release binary (the polyglot client tests drive it), then the Rust suite, then the Python suite.
-# The output ends with pytest's own summary line.
+# release binary (the polyglot client tests drive it), then the Rust suite, the supply-chain
+# checks, the API governance checks and the Node and Python client suites, and last the Python
+# sidecar and deployment tests. The output ends with pytest's own summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,5 +18,10 @@ cargo build --release --locked
 step "Rust tests (unit, property, integration over 127.0.0.1)"
 cargo test --locked --all-targets
 
-step "Python client tests against the release binary"
-THREADWARDEN_BIN="$PWD/target/release/threadwarden" python3 -m pytest -q tests/python
+export THREADWARDEN_BIN="$PWD/target/release/threadwarden"
+
+step "Polyglot clients: buf lint/breaking, Node and Python client suites (scripts/test-clients.sh)"
+./scripts/test-clients.sh
+
+step "Python: raw grpcio stubs against the release binary; deploy/ manifests and collector config"
+python3 -m pytest -q tests/python

@@ -65,7 +65,6 @@ class Moderator:
         self._pending: "collections.OrderedDict[Tuple[str, str, str], _Pending]" = collections.OrderedDict()
         self._outbox: Optional[asyncio.Queue] = None
         self._runner: Optional[asyncio.Task] = None
-        self._call = None
         self._closing = False
         self.reconnects = 0
         """How many times the stream was re-opened after it broke."""
@@ -146,7 +145,7 @@ class Moderator:
             for entry in self._pending.values():
                 outbox.put_nowait(entry)
             self._outbox = outbox
-            self._call = call = self._stub.Moderate(
+            call = self._stub.Moderate(
                 self._requests(outbox, inflight), metadata=self._metadata, wait_for_ready=True)
             try:
                 async for response in call:
