@@ -29,7 +29,7 @@ fn signals(s: &Scores) -> [(&'static str, f32); 5] {
 
 /// Prints the explanation of `text` as a table or JSON.
 pub fn run(text: &str, as_json: bool) {
-    let classifier = Classifier::builtin();
+    let classifier = Classifier::shared();
     let ex = classifier.explain(text);
     let verdict = first_turn(&ex.scores);
     if as_json {

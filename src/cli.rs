@@ -96,6 +96,9 @@ pub struct ServeArgs {
     /// Threads idle for longer are forgotten.
     #[arg(long, env = "THREADWARDEN_IDLE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idle_ttl: Duration,
+    /// Ended and crisis threads idle for longer are forgotten.
+    #[arg(long, env = "THREADWARDEN_LOCKED_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub locked_ttl: Duration,
     /// Largest decoded gRPC message, in bytes.
     #[arg(long, env = "THREADWARDEN_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -135,6 +138,9 @@ pub struct ServeArgs {
     /// How long a stream may wait for a client that stopped reading before it is ended.
     #[arg(long, env = "THREADWARDEN_SLOW_CONSUMER_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub slow_consumer_deadline: Duration,
+    /// During shutdown, a stream idle for this long is closed with UNAVAILABLE (reconnect).
+    #[arg(long, env = "THREADWARDEN_DRAIN_IDLE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub drain_idle: Duration,
     /// Deadline of a unary call (a client's shorter grpc-timeout wins).
     #[arg(long, env = "THREADWARDEN_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
@@ -171,6 +177,7 @@ impl ServeArgs {
             grace: self.grace,
             store: StoreConfig {
                 idle_ttl: self.idle_ttl,
+                locked_ttl: self.locked_ttl,
                 capacity: self.max_threads,
                 ..StoreConfig::default()
             },
@@ -190,6 +197,7 @@ impl ServeArgs {
                 max_streams: self.max_streams,
                 max_in_flight: self.max_in_flight,
                 slow_consumer_deadline: self.slow_consumer_deadline,
+                drain_idle: self.drain_idle,
             },
             max_streams_per_connection: self.max_streams_per_connection,
             call_timeout: self.call_timeout,

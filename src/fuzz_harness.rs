@@ -120,6 +120,7 @@ fn check_event(engine: &Engine, event: &pb::ConversationEvent) {
             }
             let response = pb::ModerateResponse {
                 event_id: event.event_id.clone(),
+                thread_id: event.thread_id.clone(),
                 result: Some(pb::moderate_response::Result::Verdict(v.clone())),
             };
             let bytes = response.encode_to_vec();
@@ -416,14 +417,19 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
         if verdict.replayed {
             assert_eq!(&before, after, "a replayed event changed the state");
             let original = verdicts.get(&id).expect("a ringed id was sent on this branch");
+            // The decision is the original one; the summary is the thread's as it is now, and
+            // `truncated` describes the retried text.
             assert_eq!(
                 Verdict {
                     replayed: false,
+                    summary: original.summary,
+                    truncated: original.truncated,
                     ..verdict
                 },
                 *original,
-                "a replayed event got another verdict"
+                "a replayed event got another decision"
             );
+            assert_eq!(verdict.summary, after.summary(), "a replayed verdict's summary is stale");
             reached.replays += 1;
             continue;
         }

@@ -146,7 +146,7 @@ pub fn offline_engine(policy: Policy) -> Engine {
     let (_tx, rx) = watch::channel(Arc::new(policy));
     Engine::new(
         ThreadStore::new(StoreConfig::default()),
-        Arc::new(Classifier::builtin()),
+        Classifier::shared(),
         rx,
         Arc::new(Directory::builtin()),
         crate::engine::Sinks::quiet(0),

@@ -202,7 +202,7 @@ impl App {
             .map_err(ServerError::DecisionLog)?;
         let engine = Engine::new(
             store,
-            Arc::new(Classifier::builtin()),
+            Classifier::shared(),
             policy_rx,
             Arc::new(directory),
             Sinks {
@@ -298,10 +298,12 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let auth = Auth::new(tokens, metrics.clone());
+        let (draining_tx, draining_rx) = watch::channel(false);
         let moderation = tonic::service::interceptor::InterceptedService::new(
             ModerationServiceServer::new(ModerationApi::new(
                 engine.clone(),
                 config.stream_limits.clone(),
+                draining_rx,
             ))
             .max_decoding_message_size(config.max_message_bytes),
             auth,
@@ -373,6 +375,9 @@ impl App {
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        // Streams answer what is still arriving, then close once idle, so the drain ends as soon
+        // as clients stop sending rather than at the grace deadline.
+        let _ = draining_tx.send(true);
         let _ = stop_tx.send(());
         match tokio::time::timeout(config.grace, &mut server).await {
             Ok(Ok(Ok(()))) => tracing::info!("streams drained"),

@@ -441,3 +441,31 @@ async fn state_file_keeps_ended_threads_across_a_restart() {
     assert_eq!((action(&v), v.thread.unwrap().turn), (pb::Action::Continue, 2));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_streams_with_unavailable_after_answering_everything() {
+    let server = start_server(ServeConfig {
+        grace: std::time::Duration::from_secs(30),
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = client.moderate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(req(user("d1", "drain", "hello"))).await.unwrap();
+    let first = responses.next().await.unwrap().unwrap();
+    assert_eq!(first.thread_id, "drain", "responses carry the thread id");
+    let TestServer { stop, task, .. } = server;
+    let _ = stop.unwrap().send(());
+    // The client keeps its stream open but sends nothing: the server closes it, with a status
+    // that tells it to reconnect, long before the 30 s grace.
+    let status = responses.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"));
+    drop(tx);
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("the drain ends when streams are idle, not at the grace deadline")
+        .unwrap()
+        .unwrap();
+}

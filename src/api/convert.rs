@@ -111,12 +111,18 @@ pub fn verdict_to_pb(v: &Verdict, d: &Dress<'_>) -> pb::Verdict {
         Some(pb::Redirect {
             guidance,
             warning: v.warning,
+            user_notice: if v.warning {
+                m.warning_user_notice.clone()
+            } else {
+                String::new()
+            },
         })
     } else if v.end_confirmation_required {
         // CONTINUE, but the model must ask the user to confirm: the guidance says how.
         Some(pb::Redirect {
             guidance: m.end_confirmation.clone(),
             warning: false,
+            user_notice: String::new(),
         })
     } else {
         None

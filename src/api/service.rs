@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
@@ -139,6 +139,8 @@ pub struct StreamLimits {
     pub max_in_flight: usize,
     /// How long a full stream may wait for its client to read before it is ended.
     pub slow_consumer_deadline: Duration,
+    /// During shutdown, a stream idle for this long is ended with UNAVAILABLE (reconnect).
+    pub drain_idle: Duration,
 }
 
 impl Default for StreamLimits {
@@ -147,6 +149,7 @@ impl Default for StreamLimits {
             max_streams: 10_000,
             max_in_flight: 64,
             slow_consumer_deadline: Duration::from_secs(30),
+            drain_idle: Duration::from_millis(500),
         }
     }
 }
@@ -157,15 +160,40 @@ pub struct ModerationApi {
     engine: Arc<Engine>,
     limits: StreamLimits,
     open: Arc<AtomicUsize>,
+    draining: watch::Receiver<bool>,
 }
 
 impl ModerationApi {
-    /// The service for `engine`.
-    pub fn new(engine: Arc<Engine>, limits: StreamLimits) -> ModerationApi {
+    /// The service for `engine`; `draining` turns true when shutdown begins.
+    pub fn new(engine: Arc<Engine>, limits: StreamLimits, draining: watch::Receiver<bool>) -> ModerationApi {
         ModerationApi {
             engine,
             limits,
             open: Arc::new(AtomicUsize::new(0)),
+            draining,
+        }
+    }
+}
+
+/// The next request of a stream; during shutdown, `Err` once the stream has been idle for
+/// `drain_idle`.
+async fn next_request(
+    inbound: &mut Streaming<pb::ModerateRequest>,
+    draining: &mut watch::Receiver<bool>,
+    drain_idle: Duration,
+) -> Result<Option<Result<pb::ModerateRequest, Status>>, ()> {
+    loop {
+        if *draining.borrow() {
+            return tokio::time::timeout(drain_idle, inbound.next()).await.map_err(|_| ());
+        }
+        tokio::select! {
+            item = inbound.next() => return Ok(item),
+            changed = draining.changed() => {
+                if changed.is_err() {
+                    // The server is gone: drain as if shutting down.
+                    return tokio::time::timeout(drain_idle, inbound.next()).await.map_err(|_| ());
+                }
+            }
         }
     }
 }
@@ -195,6 +223,7 @@ fn respond(
         engine.metrics().error("INVALID_ARGUMENT");
         return pb::ModerateResponse {
             event_id: String::new(),
+            thread_id: String::new(),
             result: Some(R::Error(pb::EventError {
                 code: "INVALID_ARGUMENT".into(),
                 message: "event: required".into(),
@@ -212,6 +241,7 @@ fn respond(
     };
     pb::ModerateResponse {
         event_id: event.event_id,
+        thread_id: event.thread_id,
         result: Some(result),
     }
 }
@@ -285,11 +315,23 @@ impl ModerationService for ModerationApi {
         let call = CallTrace::of(&request);
         let principal = principal(&request);
         let mut inbound = request.into_inner();
+        let mut draining = self.draining.clone();
         let (tx, rx) = mpsc::channel(limits.max_in_flight.max(1));
         let (fate_tx, fate_rx) = oneshot::channel();
         tokio::spawn(async move {
             let _slot = slot;
-            while let Some(item) = inbound.next().await {
+            loop {
+                let item = match next_request(&mut inbound, &mut draining, limits.drain_idle).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return,
+                    Err(()) => {
+                        // Every event received was answered; the client reconnects elsewhere.
+                        let _ = fate_tx.send(Status::unavailable(
+                            "the server is shutting down; every event sent so far was answered: reconnect to continue",
+                        ));
+                        return;
+                    }
+                };
                 let (out, last) = match item {
                     Ok(req) => (Ok(respond(&engine, req, &call, &principal)), false),
                     // A transport or decode error ends the call: nothing can be attributed.

@@ -187,7 +187,8 @@ pub struct Entry {
     pub only_untargeted: bool,
     /// Objects: which verbs the object needs before it scores.
     pub strict: Strict,
-    /// Targets: a specific person (harm to others) rather than anyone.
+    /// Targets: a specific person (harm to others) rather than anyone. Death wording: the
+    /// writer's own when no subject is near.
     pub specific: bool,
     /// Targets: the assistant itself (threats become abuse).
     pub assistant: bool,
@@ -574,10 +575,13 @@ fn inflect(term: &str) -> Vec<String> {
     let b = bare.as_bytes();
     let last = b[b.len() - 1];
     let vowel = |c: u8| matches!(c, b'a' | b'e' | b'i' | b'o' | b'u');
-    let mut forms = vec![bare.to_owned(), format!("{bare}s"), format!("{bare}es")];
+    let sibilant = ["s", "x", "z", "ch", "sh", "o"]
+        .iter()
+        .any(|e| bare.ends_with(e));
+    let mut forms = vec![bare.to_owned()];
     if last == b'e' {
         let stem = &bare[..bare.len() - 1];
-        forms.extend([format!("{stem}ing"), format!("{bare}d")]);
+        forms.extend([format!("{bare}s"), format!("{stem}ing"), format!("{bare}d")]);
     } else if last == b'y' && !vowel(b[b.len() - 2]) {
         let stem = &bare[..bare.len() - 1];
         forms.extend([
@@ -586,7 +590,12 @@ fn inflect(term: &str) -> Vec<String> {
             format!("{bare}ing"),
         ]);
     } else {
-        forms.extend([format!("{bare}ing"), format!("{bare}ed")]);
+        let third = if sibilant { "es" } else { "s" };
+        forms.extend([
+            format!("{bare}{third}"),
+            format!("{bare}ing"),
+            format!("{bare}ed"),
+        ]);
         let cvc = b.len() >= 3
             && !vowel(last)
             && !matches!(last, b'w' | b'x' | b'y')

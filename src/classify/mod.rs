@@ -59,6 +59,15 @@ impl Classifier {
         Classifier::from_yaml(BUILTIN_YAML).expect("embedded lexicon.yaml is valid")
     }
 
+    /// The process-wide built-in classifier, built once on first use (building it compiles the
+    /// automata: a fraction of a second in release, seconds in debug).
+    pub fn shared() -> std::sync::Arc<Classifier> {
+        static SHARED: std::sync::OnceLock<std::sync::Arc<Classifier>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| std::sync::Arc::new(Classifier::builtin()))
+            .clone()
+    }
+
     /// A classifier over a lexicon document in the embedded format.
     pub fn from_yaml(yaml: &str) -> Result<Classifier, LexiconError> {
         Ok(Classifier {

@@ -14,16 +14,13 @@ use unicode_normalization::char::{
 /// Normalises `text` for matching; borrows when the text is already normal.
 pub fn normalize(text: &str) -> Cow<'_, str> {
     if is_simple_ascii(text) {
-        return match token_pass(text) {
-            None => Cow::Borrowed(text),
-            Some(out) => Cow::Owned(out),
-        };
+        if !token_pass_needed(text) {
+            return Cow::Borrowed(text);
+        }
+        return Cow::Owned(token_pass(text));
     }
-    let folded = fold_chars(text);
-    match token_pass(&folded) {
-        None => Cow::Owned(folded),
-        Some(out) => Cow::Owned(out),
-    }
+    // Already allocating: one rebuilding pass is cheaper than checking first.
+    Cow::Owned(token_pass(&fold_chars(text)))
 }
 
 /// Printable lowercase ASCII only: the character pass would leave it unchanged.
@@ -221,38 +218,44 @@ const NUMBER_SUFFIXES: &[&str] = &[
 ];
 
 /// Token pass: returns `None` when the text is already normal at token level.
-fn token_pass(s: &str) -> Option<String> {
-    if !token_pass_needed(s) {
-        return None;
-    }
-    let tokens: Vec<&str> = SpaceSplit::new(s).collect();
+fn token_pass(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < tokens.len() {
-        let tok = tokens[i];
+    let mut prev: Option<&str> = None;
+    let mut it = SpaceSplit::new(s);
+    while let Some(tok) = it.next() {
         if tok.is_empty() {
-            i += 1;
             continue;
         }
-        let run = single_letter_run(&tokens[i..]);
+        // Contractions split by a stripped apostrophe ("i m", "don t") are rejoined first,
+        // so "i m a" is not taken for spaced-out letters.
+        if prev.is_some_and(|p| split_contraction(p, tok)) {
+            out.push_str(tok);
+            prev = None;
+            continue;
+        }
+        prev = Some(tok);
+        let joins_next = it.clone().next().is_some_and(|n| split_contraction(tok, n));
+        // Lookahead on a cloned iterator: an empty token (double space) ends a run.
+        let run = if !joins_next && is_single_letter(tok) {
+            1 + it.clone().take_while(|t| is_single_letter(t)).count()
+        } else {
+            0
+        };
         if !out.is_empty() {
             out.push(' ');
         }
         if run >= 3 {
-            for t in &tokens[i..i + run] {
+            out.push_str(tok);
+            for t in it.by_ref().take(run - 1) {
                 out.push_str(t);
             }
-            i += run;
+        } else if token_is_plain(tok) {
+            out.push_str(tok);
         } else {
-            if token_is_plain(tok) {
-                out.push_str(tok);
-            } else {
-                push_token(tok, &mut out);
-            }
-            i += 1;
+            push_token(tok, &mut out);
         }
     }
-    Some(out)
+    out
 }
 
 /// Cheap allocation-free scan: could the token pass change anything?
@@ -261,7 +264,12 @@ fn token_pass_needed(s: &str) -> bool {
         return true;
     }
     let mut run = 0;
+    let mut prev = "";
     for tok in SpaceSplit::new(s) {
+        if split_contraction(prev, tok) {
+            return true;
+        }
+        prev = tok;
         if is_single_letter(tok) {
             run += 1;
             if run >= 3 {
@@ -278,6 +286,7 @@ fn token_pass_needed(s: &str) -> bool {
 }
 
 /// `str::split(' ')` without the per-call memchr setup, which dominates on short words.
+#[derive(Clone)]
 struct SpaceSplit<'a> {
     s: &'a str,
     pos: usize,
@@ -337,14 +346,46 @@ fn token_is_plain(tok: &str) -> bool {
     !(letters && leetish)
 }
 
+/// Whether `next` is the tail of a contraction whose apostrophe was lost ("i m", "don t").
+fn split_contraction(prev: &str, next: &str) -> bool {
+    match next {
+        "m" => prev == "i",
+        "ve" | "ll" | "d" => matches!(
+            prev,
+            "i" | "you" | "we" | "they" | "he" | "she" | "it" | "that" | "who"
+        ),
+        "re" => matches!(prev, "you" | "we" | "they" | "who" | "what"),
+        "s" => matches!(
+            prev,
+            "it" | "that" | "he" | "she" | "there" | "what" | "who" | "let" | "here" | "where"
+        ),
+        "t" => matches!(
+            prev,
+            "don"
+                | "can"
+                | "won"
+                | "isn"
+                | "didn"
+                | "doesn"
+                | "couldn"
+                | "wouldn"
+                | "shouldn"
+                | "aren"
+                | "wasn"
+                | "weren"
+                | "haven"
+                | "hasn"
+                | "ain"
+                | "hadn"
+                | "mustn"
+        ),
+        _ => false,
+    }
+}
+
 fn is_single_letter(tok: &str) -> bool {
     let mut chars = tok.chars();
     matches!((chars.next(), chars.next()), (Some(c), None) if c.is_alphabetic())
-}
-
-/// Length of the run of single-letter tokens at the start of `tokens` (no empty gaps).
-fn single_letter_run(tokens: &[&str]) -> usize {
-    tokens.iter().take_while(|t| is_single_letter(t)).count()
 }
 
 fn token_changes(tok: &str) -> bool {

@@ -517,7 +517,15 @@ impl Ctx<'_> {
         if let Some(minor) = self.best(i, Role::Minor, w, w, |_, _| true) {
             // Any clearly sexual wording next to a minor is severe; "naked" and the like less so.
             let base = if weight >= 0.5 { 0.9 } else { 0.55 };
-            let s = minor.weight * base * (0.85 + 0.15 * strength);
+            // Adjacent ("12 year old nudes") or requested, it is exploitation; a minor and a
+            // sexual word sentences apart in a survivor's story is not on its own.
+            let h = self.hits[i];
+            let m = self.hits[minor.idx];
+            let gap = m.tok.abs_diff(h.tok).min(m.tok_end.abs_diff(h.tok_end));
+            let m0 = self.lex.params.mention_factor;
+            let intent = ((strength - m0) / (1.0 - m0)).clamp(0.0, 1.0);
+            let closeness = if gap <= 3 { 1.0 } else { 0.55 + 0.45 * intent };
+            let s = minor.weight * base * closeness;
             let cse = Effect::Category(Category::ChildSexualExploitation);
             self.push(out, Rule::MinorSexual, i, Some(minor.idx), cse, s);
         }
@@ -526,7 +534,13 @@ impl Ctx<'_> {
     fn act(&self, i: usize, effect: Effect, out: &mut Vec<Evidence>) {
         let e = self.entry(i);
         let p = &self.lex.params;
-        let target = self.best(i, Role::Target, 0, p.target_window, |_, _| true);
+        let act_end = self.hits[i].end as usize;
+        let text = self.text;
+        // The target must sit in the same clause as the act ("hurt. my husband" is not one).
+        let target = self.best(i, Role::Target, 0, p.target_window, |_, t| {
+            let between = text.get(act_end..t.start as usize).unwrap_or("");
+            !between.contains(['.', '!', '?', ';', ','])
+        });
         let Effect::Category(cat) = effect else {
             return;
         };
@@ -674,6 +688,10 @@ impl Ctx<'_> {
                 crisis_self(),
                 e.weight * f.weight,
             );
+        } else if e.specific {
+            // Personal wording with no other subject near is the writer's own.
+            let s = e.weight * 0.7;
+            self.push(out, Rule::FirstPersonDeath, i, None, crisis_self(), s);
         }
     }
 
@@ -739,8 +757,14 @@ impl Ctx<'_> {
         if window == 0 {
             return overlaps;
         }
+        // An overlapping directional suppressor must still stick out on its side:
+        // "dont want to" damps "die" in "i dont want to die", not "dont want to live".
         if overlaps {
-            return true;
+            return match dir {
+                Direction::Both => true,
+                Direction::Before => s.start < ev.start,
+                Direction::After => s.end > ev.end,
+            };
         }
         let before = s.end <= ev.start && ev.tok.saturating_sub(s.tok_end) <= window;
         let after = s.start >= ev.end && s.tok.saturating_sub(ev.tok_end) <= window;

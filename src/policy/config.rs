@@ -131,6 +131,8 @@ pub struct Messages {
     pub redirect_crisis: String,
     pub redirect_assistant_output: String,
     pub warning: String,
+    /// The user-facing banner shown with a warning (`Redirect.user_notice`).
+    pub warning_user_notice: String,
     pub end_confirmation: String,
     pub end_notice: String,
     pub end_notice_user_requested: String,
@@ -155,6 +157,9 @@ impl Default for Messages {
                 .into(),
             warning: "Tell the user clearly and calmly that if they keep asking for this, the \
                 conversation may be ended."
+                .into(),
+            warning_user_notice: "If requests like this continue, this conversation may be \
+                ended."
                 .into(),
             end_confirmation: "The user asked to end this chat. Ask them to confirm, and tell \
                 them that ending is permanent for this conversation: they will be able to start \
@@ -272,6 +277,16 @@ impl Policy {
         }
         if e.decay_benign_turns == 0 {
             return Err(err("escalation.decay_benign_turns", "must be at least 1"));
+        }
+        // Fork snapshots keep counters up to 63; quotas and decay must stay below.
+        for (field, v) in [
+            ("escalation.severe_warning_turn", e.severe_warning_turn),
+            ("escalation.warning_turn", e.warning_turn),
+            ("escalation.decay_benign_turns", e.decay_benign_turns),
+        ] {
+            if v > 32 {
+                return Err(err(field, format!("{v} is above the maximum of 32")));
+            }
         }
         let unit = |field: &str, v: f32| -> Result<(), PolicyError> {
             if (0.0..=1.0).contains(&v) {

@@ -13,7 +13,7 @@ mod state;
 mod tests;
 
 pub use config::{Messages, Mode, Policy, PolicyError, Tier};
-pub use state::{Flags, ForkError, Snapshot, ThreadState};
+pub use state::{Flags, ForkError, HISTORY_TURNS, RECENT_EVENTS, ThreadState};
 
 use crate::domain::{Category, CrisisKind, Scores};
 
@@ -109,7 +109,8 @@ pub struct Summary {
 
 /// The decision for one event, before `api` adds text (guidance, notices, resources).
 ///
-/// Small and `Copy`: the idempotency ring stores it whole, so a replay returns it unchanged.
+/// Small and `Copy`. The idempotency ring keeps its decision (everything but the summary and
+/// `truncated`), so a replay returns the same decision with the thread's current summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Verdict {
     pub action: Action,
@@ -177,6 +178,7 @@ pub fn decide(
 ) -> Verdict {
     if let Some(mut verdict) = state.recall(event.id) {
         verdict.replayed = true;
+        verdict.truncated = scores.truncated;
         return verdict;
     }
     state.last_active = now;
@@ -211,8 +213,8 @@ pub fn decide(
     verdict.shadow_action = verdict.action;
     verdict.enforced = true;
     let verdict = gate(policy, event, scores, verdict);
-    state.checkpoint();
-    state.remember(event.id, verdict);
+    state.checkpoint(event.kind == EventKind::User);
+    state.remember(event.id, &verdict);
     verdict
 }
 

@@ -1,18 +1,23 @@
 //! Per-thread state: escalation counters, flags, a short per-turn history for forks, and a ring
-//! of recent verdicts for idempotent replay.
+//! of recent decisions for idempotent replay.
 //!
-//! Compact and fixed-size on purpose (no heap): a million idle threads must stay cheap. Holds no
-//! message text, ever; the state file is a dump of this type.
+//! Compact and fixed-size on purpose (72 bytes, no heap): a million idle threads must fit in a
+//! couple of hundred megabytes. Fork snapshots are 3 packed bytes per turn; replay entries are one
+//! `u64` each (a 44-bit event-id hash and a 20-bit decision). Holds no message text, ever; the
+//! state file is a dump of this type, replay ring included, so retries are recognised across a
+//! restart too.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Summary, Verdict};
-use crate::domain::CrisisKind;
+use super::{Action, Denial, Reason, Summary, Verdict};
+use crate::domain::{Category, CrisisKind};
 
 /// How many recent event ids are remembered for idempotent replay.
 pub const RECENT_EVENTS: usize = 4;
 /// How many recent turns can be forked from.
-pub const HISTORY_TURNS: usize = 16;
+pub const HISTORY_TURNS: usize = 8;
+/// Counters saturate here inside fork snapshots (quotas are validated to stay below it).
+pub const SNAPSHOT_MAX: u8 = 63;
 
 /// Bit flags of a thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,14 +70,6 @@ pub struct Escalation {
     pub benign_streak: u8,
 }
 
-/// The state of a thread as of the end of one turn, kept for forks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub turn: u32,
-    pub esc: Escalation,
-    pub flags: Flags,
-}
-
 /// Why a fork could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ForkError {
@@ -84,24 +81,130 @@ pub enum ForkError {
     TooOld { after: u32, oldest: u32 },
 }
 
+/// The flags a fork snapshot keeps (the rest are cleared or taken from the parent).
+const SNAPSHOT_FLAGS: [u16; 3] = [Flags::WARNED, Flags::SEVERE, Flags::LAST_HARMFUL];
+
+fn pack_snapshot(esc: Escalation, flags: Flags) -> [u8; 3] {
+    let c = |v: u8| u32::from(v.min(SNAPSHOT_MAX));
+    let mut bits = c(esc.strikes) | c(esc.redirects) << 6 | c(esc.benign_streak) << 12;
+    for (i, f) in SNAPSHOT_FLAGS.iter().enumerate() {
+        if flags.has(*f) {
+            bits |= 1 << (18 + i);
+        }
+    }
+    let b = bits.to_le_bytes();
+    [b[0], b[1], b[2]]
+}
+
+fn unpack_snapshot(s: [u8; 3]) -> (Escalation, Flags) {
+    let bits = u32::from_le_bytes([s[0], s[1], s[2], 0]);
+    let esc = Escalation {
+        strikes: (bits & 63) as u8,
+        redirects: (bits >> 6 & 63) as u8,
+        benign_streak: (bits >> 12 & 63) as u8,
+    };
+    let mut flags = Flags::default();
+    for (i, f) in SNAPSHOT_FLAGS.iter().enumerate() {
+        if bits >> (18 + i) & 1 == 1 {
+            flags.set(*f);
+        }
+    }
+    (esc, flags)
+}
+
+const ACTIONS: [Action; 3] = [Action::Continue, Action::Redirect, Action::End];
+const REASONS: [Reason; 10] = [
+    Reason::Benign,
+    Reason::HarmfulRequest,
+    Reason::Abuse,
+    Reason::Crisis,
+    Reason::PersistentHarm,
+    Reason::PersistentAbuse,
+    Reason::UserRequested,
+    Reason::ModelRequested,
+    Reason::AlreadyEnded,
+    Reason::AssistantOutput,
+];
+const DENIALS: [Denial; 4] = [
+    Denial::CrisisActive,
+    Denial::NotWarned,
+    Denial::NotPersisted,
+    Denial::ConfirmationPending,
+];
+const CRISES: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers, CrisisKind::ThirdParty];
+
+fn index_of<T: PartialEq>(all: &[T], v: &T) -> u64 {
+    all.iter().position(|x| x == v).unwrap_or(0) as u64
+}
+
+fn option_index<T: PartialEq>(all: &[T], v: &Option<T>) -> u64 {
+    v.as_ref().map(|v| index_of(all, v) + 1).unwrap_or(0)
+}
+
+/// Bits of a decision in a replay entry (the low bits; the event hash takes the rest).
+const DECISION_BITS: u32 = 20;
+
+/// Packs the decision of a verdict: action 2, shadow 2, reason 4, enforced, warning, end
+/// confirmation, denial 3, crisis 2, category 4 = 20 bits.
+fn pack_decision(v: &Verdict) -> u64 {
+    index_of(&ACTIONS, &v.action)
+        | index_of(&ACTIONS, &v.shadow_action) << 2
+        | index_of(&REASONS, &v.reason) << 4
+        | u64::from(v.enforced) << 8
+        | u64::from(v.warning) << 9
+        | u64::from(v.end_confirmation_required) << 10
+        | option_index(&DENIALS, &v.end_denied) << 11
+        | option_index(&CRISES, &v.crisis) << 14
+        | option_index(&Category::ALL, &v.category) << 16
+}
+
+fn unpack_decision(bits: u64, summary: Summary) -> Verdict {
+    let get = |shift: u32, width: u32| ((bits >> shift) & ((1 << width) - 1)) as usize;
+    let opt = |shift, width, len: usize| match get(shift, width) {
+        0 => None,
+        i if i <= len => Some(i - 1),
+        _ => None,
+    };
+    Verdict {
+        action: ACTIONS[get(0, 2).min(2)],
+        shadow_action: ACTIONS[get(2, 2).min(2)],
+        reason: REASONS[get(4, 4).min(9)],
+        enforced: get(8, 1) == 1,
+        warning: get(9, 1) == 1,
+        end_confirmation_required: get(10, 1) == 1,
+        end_denied: opt(11, 3, DENIALS.len()).map(|i| DENIALS[i]),
+        crisis: opt(14, 2, CRISES.len()).map(|i| CRISES[i]),
+        category: opt(16, 4, Category::ALL.len()).map(|i| Category::ALL[i]),
+        summary,
+        truncated: false,
+        replayed: false,
+    }
+}
+
+fn hash_bits(id: u64) -> u64 {
+    // A bijective mix first, so that ids differing only in low bits still differ in the high
+    // bits kept here; a zero word marks an empty slot.
+    let mixed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    (mixed >> DECISION_BITS << DECISION_BITS).max(1 << DECISION_BITS)
+}
+
 /// Everything the policy keeps about one thread.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadState {
     /// User turns seen.
     pub turn: u32,
-    pub esc: Escalation,
-    pub flags: Flags,
     /// Seconds since the store's epoch at the latest event (for idle TTL and LRU eviction).
     pub last_active: u32,
-    history: [Snapshot; HISTORY_TURNS],
-    #[serde(skip)]
-    recent: [(u64, Verdict); RECENT_EVENTS],
-    #[serde(skip)]
+    pub flags: Flags,
+    pub esc: Escalation,
+    /// How many consecutive turns ending at `turn` have a fork snapshot.
+    history_len: u8,
     recent_next: u8,
+    /// Fork snapshots, indexed by turn modulo `HISTORY_TURNS`.
+    history: [[u8; 3]; HISTORY_TURNS],
+    /// Replay entries: event-id hash (high 44 bits) and packed decision (low 20 bits).
+    recent: [u64; RECENT_EVENTS],
 }
-
-// The replay ring is not persisted: a restart forgets recent event ids, never ENDs.
-impl Eq for ThreadState {}
 
 impl ThreadState {
     /// The summary exposed to callers.
@@ -137,24 +240,32 @@ impl ThreadState {
         self.recall(id).is_some()
     }
 
-    /// The stored verdict of a recently seen event id.
+    /// The decision of a recently seen event id, reported with the thread's current summary.
     pub(super) fn recall(&self, id: u64) -> Option<Verdict> {
-        self.recent.iter().find(|(k, _)| *k == id && id != 0).map(|(_, v)| *v)
+        let key = hash_bits(id);
+        self.recent
+            .iter()
+            .find(|w| **w != 0 && **w >> DECISION_BITS << DECISION_BITS == key)
+            .map(|w| unpack_decision(w & ((1 << DECISION_BITS) - 1), self.summary()))
     }
 
-    pub(super) fn remember(&mut self, id: u64, verdict: Verdict) {
+    pub(super) fn remember(&mut self, id: u64, verdict: &Verdict) {
         let slot = self.recent_next as usize % RECENT_EVENTS;
-        self.recent[slot] = (id, verdict);
+        self.recent[slot] = hash_bits(id) | pack_decision(verdict);
         self.recent_next = ((slot + 1) % RECENT_EVENTS) as u8;
     }
 
-    /// Records the state as of the current turn, for later forks.
-    pub(super) fn checkpoint(&mut self) {
-        self.history[self.turn as usize % HISTORY_TURNS] = Snapshot {
-            turn: self.turn,
-            esc: self.esc,
-            flags: self.flags,
-        };
+    /// Records the state as of the current turn, for later forks; `new_turn` after a user turn.
+    pub(super) fn checkpoint(&mut self, new_turn: bool) {
+        self.history[self.turn as usize % HISTORY_TURNS] = pack_snapshot(self.esc, self.flags);
+        if new_turn || self.history_len == 0 {
+            self.history_len = (self.history_len + 1).min(HISTORY_TURNS as u8);
+        }
+    }
+
+    /// The oldest turn a fork can start from (0 is always possible).
+    fn oldest_forkable(&self) -> u32 {
+        (self.turn + 1).saturating_sub(u32::from(self.history_len)).max(1)
     }
 
     /// A new branch from this thread's state as of `after_turn`, unended, inheriting crisis.
@@ -165,34 +276,83 @@ impl ThreadState {
                 latest: self.turn,
             });
         }
-        let base = if after_turn == 0 {
-            Snapshot::default()
-        } else {
-            let slot = self.history[after_turn as usize % HISTORY_TURNS];
-            if slot.turn != after_turn {
-                return Err(ForkError::TooOld {
-                    after: after_turn,
-                    oldest: self.turn.saturating_sub(HISTORY_TURNS as u32 - 1).max(1),
-                });
-            }
-            slot
-        };
-        let mut flags = base.flags;
-        flags.clear(
-            Flags::ENDED | Flags::END_PENDING | Flags::CONFIRM_WINDOW | Flags::WARNED_THIS_TURN,
-        );
-        // Crisis is inherited from the parent as it is now, whatever the fork point.
-        flags.set(self.flags.0 & (Flags::CRISIS_SELF | Flags::CRISIS_OTHERS));
         let mut branch = ThreadState {
             turn: after_turn,
-            esc: base.esc,
-            flags,
             last_active: self.last_active,
             ..ThreadState::default()
         };
-        for snap in self.history.iter().filter(|s| s.turn <= after_turn && s.turn > 0) {
-            branch.history[snap.turn as usize % HISTORY_TURNS] = *snap;
+        if after_turn > 0 {
+            let retained = u32::from(self.history_len);
+            if self.turn - after_turn >= retained {
+                return Err(ForkError::TooOld {
+                    after: after_turn,
+                    oldest: self.oldest_forkable(),
+                });
+            }
+            let (esc, flags) = unpack_snapshot(self.history[after_turn as usize % HISTORY_TURNS]);
+            branch.esc = esc;
+            branch.flags = flags;
+            // The snapshots of turns up to `after_turn` carry over; the slots are the same.
+            branch.history = self.history;
+            branch.history_len = (retained - (self.turn - after_turn)) as u8;
         }
+        // Crisis is inherited from the parent as it is now, whatever the fork point.
+        branch
+            .flags
+            .set(self.flags.0 & (Flags::CRISIS_SELF | Flags::CRISIS_OTHERS));
         Ok(branch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_state_stays_compact() {
+        assert!(std::mem::size_of::<ThreadState>() <= 72, "{}", std::mem::size_of::<ThreadState>());
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let esc = Escalation {
+            strikes: 3,
+            redirects: 200,
+            benign_streak: 5,
+        };
+        let mut flags = Flags::default();
+        flags.set(Flags::WARNED | Flags::LAST_HARMFUL | Flags::ENDED);
+        let (e, f) = unpack_snapshot(pack_snapshot(esc, flags));
+        assert_eq!(e, Escalation { redirects: SNAPSHOT_MAX, ..esc });
+        assert_eq!(f, Flags(Flags::WARNED | Flags::LAST_HARMFUL));
+    }
+
+    #[test]
+    fn decisions_round_trip_for_every_value() {
+        for action in ACTIONS {
+            for reason in REASONS {
+                for denial in [None, Some(Denial::ConfirmationPending), Some(Denial::CrisisActive)] {
+                    for crisis in [None, Some(CrisisKind::ThirdParty), Some(CrisisKind::SelfHarm)] {
+                        for category in [None, Some(Category::HarmToOthers), Some(Category::ChildSexualExploitation)] {
+                            let v = Verdict {
+                                action,
+                                shadow_action: Action::End,
+                                reason,
+                                enforced: true,
+                                warning: true,
+                                end_confirmation_required: false,
+                                end_denied: denial,
+                                crisis,
+                                category,
+                                ..Verdict::default()
+                            };
+                            let bits = pack_decision(&v);
+                            assert!(bits < 1 << DECISION_BITS);
+                            assert_eq!(unpack_decision(bits, Summary::default()), v);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -471,9 +471,11 @@ fn fork_errors() {
             latest: 40
         })
     );
+    assert_eq!(t.state.fork(32), Err(ForkError::TooOld { after: 32, oldest: 33 }));
     assert!(matches!(t.state.fork(3), Err(ForkError::TooOld { .. })));
     assert!(t.state.fork(40).is_ok());
-    assert!(t.state.fork(25).is_ok());
+    assert!(t.state.fork(33).is_ok());
+    assert!(t.state.fork(0).is_ok(), "a fresh start is always possible");
 }
 
 #[test]

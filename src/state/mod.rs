@@ -68,6 +68,8 @@ type Map = DashMap<ThreadKey, ThreadState, BuildHasherDefault<KeyHasher>>;
 pub struct StoreConfig {
     /// Threads idle for longer are forgotten.
     pub idle_ttl: Duration,
+    /// Ended and crisis threads idle for longer are forgotten (forgetting them loses a lock).
+    pub locked_ttl: Duration,
     /// Above this many threads, the least recently active are evicted.
     pub capacity: usize,
     /// How often the sweeper runs (it also runs when an insert finds the store full).
@@ -78,6 +80,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             idle_ttl: Duration::from_secs(24 * 3600),
+            locked_ttl: Duration::from_secs(30 * 24 * 3600),
             capacity: 1_000_000,
             sweep_interval: Duration::from_secs(30),
         }
@@ -105,11 +108,9 @@ pub struct AlreadyExists;
 impl ThreadStore {
     /// An empty store.
     pub fn new(config: StoreConfig) -> ThreadStore {
-        // Pre-size up to a bound, so that small test stores don't reserve a million slots.
-        let map = Map::with_capacity_and_hasher(
-            config.capacity.min(1 << 16),
-            BuildHasherDefault::default(),
-        );
+        // Pre-sized to the capacity: the table never rehashes (no doubling spike at a million
+        // threads), and untouched buckets cost address space, not resident memory.
+        let map = Map::with_capacity_and_hasher(config.capacity, BuildHasherDefault::default());
         ThreadStore {
             shared: Arc::new(Shared {
                 map,
@@ -190,14 +191,17 @@ impl ThreadStore {
         }
     }
 
-    /// Drops threads idle for longer than the TTL; returns how many.
+    /// Drops threads idle for longer than their TTL; returns how many.
     pub fn evict_idle(&self) -> usize {
-        let ttl = self.shared.config.idle_ttl.as_secs().min(u64::from(u32::MAX)) as u32;
+        let secs = |d: Duration| d.as_secs().min(u64::from(u32::MAX)) as u32;
+        let ttl = secs(self.shared.config.idle_ttl);
+        let locked_ttl = secs(self.shared.config.locked_ttl).max(ttl);
         let now = self.now();
         let before = self.shared.map.len();
-        self.shared
-            .map
-            .retain(|_, s| now.saturating_sub(s.last_active) <= ttl);
+        self.shared.map.retain(|_, s| {
+            let limit = if s.ended() || s.crisis_kind().is_some() { locked_ttl } else { ttl };
+            now.saturating_sub(s.last_active) <= limit
+        });
         let evicted = before.saturating_sub(self.shared.map.len());
         self.shared
             .evictions

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::{Map, ThreadKey};
 use crate::policy::ThreadState;
 
-const MAGIC: &[u8; 8] = b"TWSNAP01";
+const MAGIC: &[u8; 8] = b"TWSNAP02";
 /// A record larger than this is corruption, not data.
 const MAX_RECORD: usize = 4096;
 

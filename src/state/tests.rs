@@ -6,6 +6,7 @@ use crate::policy::{Flags, ThreadState};
 fn store(capacity: usize, ttl_secs: u64) -> ThreadStore {
     ThreadStore::new(StoreConfig {
         idle_ttl: Duration::from_secs(ttl_secs),
+        locked_ttl: Duration::from_secs(ttl_secs * 10),
         capacity,
         sweep_interval: Duration::from_secs(1),
     })
@@ -34,6 +35,21 @@ async fn idle_threads_expire_after_the_ttl() {
     assert!(s.get(ThreadKey(1)).is_none());
     assert!(s.get(ThreadKey(2)).is_some());
     assert_eq!(s.evictions(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn locked_and_crisis_threads_outlive_the_idle_ttl() {
+    let s = store(100, 60);
+    touch(&s, ThreadKey(1));
+    touch(&s, ThreadKey(2));
+    touch(&s, ThreadKey(3));
+    s.with_thread(ThreadKey(2), |st| st.flags.set(Flags::ENDED));
+    s.with_thread(ThreadKey(3), |st| st.flags.set(Flags::CRISIS_SELF));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    assert_eq!(s.evict_idle(), 1);
+    assert!(s.get(ThreadKey(2)).is_some() && s.get(ThreadKey(3)).is_some());
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert_eq!(s.evict_idle(), 2, "gone after the locked TTL");
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,7 +120,7 @@ fn corrupt_snapshots_are_rejected_with_the_path() {
     let s = store(10, 10);
     let err = s.restore_from(&path).unwrap_err().to_string();
     assert!(err.contains("bad.bin") && err.contains("header"), "{err}");
-    let mut bytes = b"TWSNAP01".to_vec();
+    let mut bytes = b"TWSNAP02".to_vec();
     bytes.extend_from_slice(&9999u32.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
     let err = s.restore_from(&path).unwrap_err().to_string();
