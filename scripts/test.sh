@@ -18,6 +18,11 @@ cargo build --release --locked
 step "Rust tests (unit, property, integration over 127.0.0.1)"
 cargo test --locked --all-targets
 
+step "Supply chain: cargo deny (licences, duplicate versions, sources; deny.toml)"
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
+# Advisories need github.com/RustSec/advisory-db, which this environment cannot reach.
+cargo deny --log-level error check licenses bans sources
+
 export THREADWARDEN_BIN="$PWD/target/release/threadwarden"
 
 step "Polyglot clients: buf lint/breaking, Node and Python client suites (scripts/test-clients.sh)"

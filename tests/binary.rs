@@ -311,3 +311,58 @@ async fn a_thousand_ends_survive_sigterm_and_kill9_loses_at_most_one_interval() 
     sigterm(&child);
     tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
 }
+
+/// Starts `serve` with exactly these arguments and returns every log line up to "serving".
+fn start_raw(args: &[&str]) -> (Child, Vec<serde_json::Value>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let done = v["message"] == "serving";
+        seen.push(v);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, seen)
+}
+
+#[test]
+fn a_non_loopback_listener_without_tls_or_token_logs_a_warning() {
+    let warned = |lines: &[serde_json::Value]| {
+        lines.iter().any(|v| v["level"] == "WARN" && v["message"].as_str().unwrap_or("").contains("non-loopback"))
+    };
+    let (mut child, lines) = start_raw(&["--listen", "0.0.0.0:0", "--decision-log", "off"]);
+    assert!(warned(&lines), "{lines:?}");
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(15));
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&tokens, "tokens:\n  - {token: a-long-enough-token-0123}\n").unwrap();
+    let (mut child, lines) = start_raw(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--decision-log",
+        "off",
+        "--auth-token-file",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(!warned(&lines), "a token makes it deliberate: {lines:?}");
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(15));
+
+    let (mut child, lines) = start_raw(&["--listen", "127.0.0.1:0", "--decision-log", "off"]);
+    assert!(!warned(&lines), "loopback is the default and needs no warning");
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(15));
+}
