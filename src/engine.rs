@@ -30,8 +30,8 @@ pub struct Decided {
     pub verdict: pb::Verdict,
     pub decision: policy::Verdict,
     pub scores: Scores,
-    /// A keyed hash of the thread key, safe for telemetry.
-    pub thread_hash: String,
+    /// The thread's key; `Engine::log_hash` turns it into the keyed hash telemetry may carry.
+    pub thread_key: ThreadKey,
     /// Time spent classifying the text.
     pub classify_time: Duration,
     /// Time from the start of validation to the encoded verdict.
@@ -193,21 +193,20 @@ impl Engine {
             crisis: decision.crisis,
             replayed: decision.replayed,
         });
-        let thread_hash = self.log_hash(key);
         if let (Some(kind), Some(notifier)) = (entered_crisis, &self.sinks.notifier) {
             notifier.notify(crate::crisis::notifier::Notice {
-                thread: thread_hash.clone(),
+                thread: self.log_hash(key),
                 kind,
                 locale: event.locale.clone(),
                 policy_version: policy.version.clone(),
             });
         }
-        self.log_decision(&thread_hash, event, text, &decision, &scores, &policy);
+        self.log_decision(key, event, text, &decision, &scores, &policy);
         Ok(Decided {
             verdict,
             decision,
             scores,
-            thread_hash,
+            thread_key: key,
             classify_time,
             decide_time,
         })
@@ -315,7 +314,7 @@ impl Engine {
 
     fn log_decision(
         &self,
-        thread_hash: &str,
+        key: ThreadKey,
         event: &pb::ConversationEvent,
         text: Option<&str>,
         v: &policy::Verdict,
@@ -338,7 +337,7 @@ impl Engine {
             "ts": unix_seconds(),
             "record": "decision",
             "event_id": event.event_id,
-            "thread": thread_hash,
+            "thread": self.log_hash(key),
             "action": v.action.name(),
             "shadow_action": v.shadow_action.name(),
             "enforced": v.enforced,

@@ -95,7 +95,7 @@ fn decide_traced(
                 .filter(|c| d.scores.get(*c) > 0.0)
                 .map(|c| c.name())
                 .collect();
-            span.record("thread.hash", d.thread_hash.as_str());
+            span.record("thread.hash", engine.log_hash(d.thread_key).as_str());
             span.record("verdict.action", v.action.name());
             span.record("verdict.reason", v.reason.name());
             span.record("verdict.enforced", v.enforced);

@@ -27,14 +27,11 @@ pub use snapshot::SnapshotError;
 pub struct ThreadKey(pub u128);
 
 impl ThreadKey {
-    /// Hashes a (tenant, thread) pair; the tenant's length is mixed in so pairs cannot collide
-    /// by moving bytes between the two ids.
+    /// Hashes a (tenant, thread) pair: the thread id, seeded by a hash of the tenant, so pairs
+    /// cannot collide by moving bytes between the two ids. Two one-shot hashes, no buffer.
     pub fn new(tenant: &str, thread: &str) -> ThreadKey {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(&(tenant.len() as u64).to_le_bytes());
-        h.update(tenant.as_bytes());
-        h.update(thread.as_bytes());
-        ThreadKey(h.digest128())
+        let seed = xxhash_rust::xxh3::xxh3_64(tenant.as_bytes());
+        ThreadKey(xxhash_rust::xxh3::xxh3_128_with_seed(thread.as_bytes(), seed))
     }
 
     /// A stable 64-bit hash, for rollout buckets.
