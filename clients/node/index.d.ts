@@ -77,6 +77,8 @@ export interface CategoryScore {
 export interface Redirect {
   guidance: string;
   warning: boolean;
+  /** With `warning`: a short user-facing notice a chat UI may show as a banner. */
+  userNotice: string;
 }
 
 export interface EndNotice {
@@ -137,7 +139,7 @@ export interface EventError {
 
 // Request/response messages of the raw service, for use with ModerationServiceClient.
 export interface ModerateRequest { event: ConversationEvent }
-export interface ModerateResponse { eventId: string; result?: 'verdict' | 'error'; verdict?: Verdict | null; error?: EventError | null }
+export interface ModerateResponse { eventId: string; threadId: string; result?: 'verdict' | 'error'; verdict?: Verdict | null; error?: EventError | null }
 export interface EvaluateRequest { event: ConversationEvent }
 export interface EvaluateResponse { verdict: Verdict }
 export interface GetThreadRequest { tenantId: string; threadId: string }
@@ -205,6 +207,8 @@ export function isContinue(v: Verdict): boolean;
 export function isRedirect(v: Verdict): boolean;
 export function isEnd(v: Verdict): v is Verdict & { action: 'ACTION_END'; end: EndNotice };
 export function warning(v: Verdict): boolean;
+/** With a warning: a short user-facing text a chat UI may show as a banner, or null. */
+export function warningNotice(v: Verdict): string | null;
 export function guidance(v: Verdict): string | null;
 export function endNotice(v: Verdict): EndNotice | null;
 export function crisisSupport(v: Verdict): CrisisSupport | null;

@@ -132,6 +132,8 @@ export const isRedirect = (v) => v.action === 'ACTION_REDIRECT';
 export const isEnd = (v) => v.action === 'ACTION_END';
 /** The model must tell the user that continuing may end the conversation. */
 export const warning = (v) => isRedirect(v) && Boolean(v.redirect?.warning);
+/** With a warning: a short user-facing text a chat UI may show as a banner, or null. */
+export const warningNotice = (v) => (warning(v) && v.redirect?.userNotice) || null;
 /** Guidance for the model on a REDIRECT, or on how to ask the user to confirm an end. */
 export const guidance = (v) => (isRedirect(v) || v.endConfirmationRequired ? v.redirect?.guidance || null : null);
 /** The notice to show when the thread ends ({ message, options }); null unless END. */
@@ -290,7 +292,8 @@ export class Moderator extends Client {
   #resolve(response, inflight) {
     // Responses come in request order, but match on the event id (and the verdict's thread)
     // anyway: the first in-flight event that fits is the one answered.
-    const threadId = response.result === 'verdict' ? response.verdict.threadId : null;
+    // Every response carries the thread id (errors too); older sidecars only on verdicts.
+    const threadId = response.threadId || (response.result === 'verdict' ? response.verdict.threadId : null);
     const i = inflight.findIndex((e) => e.event.eventId === response.eventId
       && (threadId === null || e.event.threadId === threadId));
     if (i < 0) {

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import {
   Client, DeadlineExceeded, EventRejected, Moderator, assistantMessage, confirmEnd, crisisSupport,
-  endNotice, fork, guidance, isContinue, isEnd, isRedirect, userMessage, warning,
+  endNotice, fork, guidance, isContinue, isEnd, isRedirect, userMessage, warning, warningNotice,
 } from '../index.js';
 import { Proxy, Sidecar } from './helpers.js';
 
@@ -133,6 +133,7 @@ test('pipelined events and a bad event on one stream', () => withModerator(sidec
   // The stream goes on after errors, and a replayed id counts nothing twice.
   const replay = await m.moderate(user('pipe', '2', '(withheld)', { signals: WEAPONS }));
   assert.ok(replay.replayed && warning(replay));
+  assert.ok(warningNotice(replay), 'a user-facing banner text comes with the warning');
   assert.equal(replay.thread.harmfulTurns, 3);
 }));
 

@@ -42,6 +42,7 @@ async def test_every_action_and_the_end_notice(sidecar):
         assert [(v.action, v.warning) for v in harmful] == [
             (Action.REDIRECT, False), (Action.REDIRECT, False), (Action.REDIRECT, True), (Action.END, False)]
         assert all(v.guidance for v in harmful[:3]), "the model gets guidance to steer away"
+        assert harmful[2].warning_notice and harmful[0].warning_notice is None, "a banner text with the warning"
         assert harmful[0].is_redirect and harmful[0].reason is Reason.HARMFUL_REQUEST
         end = harmful[3]
         assert end.is_end and end.reason is Reason.PERSISTENT_HARM and end.thread.ended

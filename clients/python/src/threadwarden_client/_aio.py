@@ -186,7 +186,8 @@ class Moderator:
         # Responses come in request order, but match on the event id (and the verdict's thread)
         # anyway: the first in-flight event that fits is the one answered.
         result = response.WhichOneof("result")
-        thread_id = response.verdict.thread_id if result == "verdict" else None
+        # Every response carries the thread id (errors too); older sidecars only on verdicts.
+        thread_id = response.thread_id or (response.verdict.thread_id if result == "verdict" else None)
         for i, entry in enumerate(inflight):
             if entry.event.event_id == response.event_id and thread_id in (None, entry.event.thread_id):
                 del inflight[i]

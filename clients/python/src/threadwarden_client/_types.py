@@ -216,6 +216,11 @@ class Verdict:
         return self.is_redirect and self.raw.redirect.warning
 
     @property
+    def warning_notice(self) -> Optional[str]:
+        """With ``warning``: a short user-facing text a chat UI may show as a banner."""
+        return (self.raw.redirect.user_notice or None) if self.warning else None
+
+    @property
     def guidance(self) -> Optional[str]:
         """What the model must do instead of complying (REDIRECT), or how to ask the user to
         confirm an end (``end_confirmation_required``); None otherwise."""
