@@ -351,10 +351,8 @@ impl Engine {
             "harmful_turns": v.summary.harmful_turns,
             "policy_version": policy.version,
         });
-        if policy.log_content {
-            if let Some(t) = text {
-                record["text"] = json!(t);
-            }
+        if let Some(t) = text.filter(|_| policy.log_content) {
+            record["text"] = json!(t);
         }
         self.sinks.decision_log.record(&record);
     }

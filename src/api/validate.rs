@@ -31,10 +31,10 @@ pub fn category(field: &str, value: i32) -> Result<Category, EventError> {
     }
 }
 
-/// Checks an event and returns its payload; merges the caller's signals into `scores`.
-pub fn event<'a>(
-    event: &'a pb::ConversationEvent,
-) -> Result<&'a pb::conversation_event::Payload, EventError> {
+/// Checks an event and returns its payload (signals are merged later by `merge_signals`).
+pub fn event(
+    event: &pb::ConversationEvent,
+) -> Result<&pb::conversation_event::Payload, EventError> {
     id("event_id", &event.event_id, true)?;
     id("thread_id", &event.thread_id, true)?;
     id("tenant_id", &event.tenant_id, false)?;

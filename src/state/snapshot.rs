@@ -66,10 +66,12 @@ pub(super) fn write(map: &Map, path: &Path) -> Result<usize, SnapshotError> {
     drop(file);
     std::fs::rename(&tmp, path).map_err(io(path))?;
     // Make the rename itself durable.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(d) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(|dir| File::open(dir).ok())
+    {
+        let _ = d.sync_all();
     }
     Ok(count)
 }
