@@ -88,7 +88,14 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// One stream: sends `rate` events per second, ids `offset, offset + stride, ...` of the
 /// permutation, and reads the verdicts as they come.
-async fn drive(args: Arc<Args>, offset: u64, stride: u64, rate: u64, counts: Arc<Counts>, stop: Instant) {
+async fn drive(
+    args: Arc<Args>,
+    offset: u64,
+    stride: u64,
+    rate: u64,
+    counts: Arc<Counts>,
+    stop: Instant,
+) {
     let mut client = ModerationServiceClient::connect(format!("http://{}", args.addr))
         .await
         .expect("connect")
@@ -99,7 +106,9 @@ async fn drive(args: Arc<Args>, offset: u64, stride: u64, rate: u64, counts: Arc
         .await
         .expect("stream")
         .into_inner();
-    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<Instant>::new()));
+    let sent_at = Arc::new(std::sync::Mutex::new(
+        std::collections::VecDeque::<Instant>::new(),
+    ));
     let reader = {
         let (counts, sent_at) = (counts.clone(), sent_at.clone());
         tokio::spawn(async move {
@@ -150,13 +159,17 @@ async fn drive(args: Arc<Args>, offset: u64, stride: u64, rate: u64, counts: Arc
                 tenant_id: "soak".into(),
                 model: "claude-opus-4-1".into(),
                 locale: "en-GB".into(),
-                payload: Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage {
-                    text: text.into(),
-                })),
+                payload: Some(pb::conversation_event::Payload::UserMessage(
+                    pb::UserMessage { text: text.into() },
+                )),
                 ..Default::default()
             };
             sent_at.lock().unwrap().push_back(Instant::now());
-            if tx.send(pb::ModerateRequest { event: Some(event) }).await.is_err() {
+            if tx
+                .send(pb::ModerateRequest { event: Some(event) })
+                .await
+                .is_err()
+            {
                 counts.errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }

@@ -32,7 +32,12 @@ use crate::state::{StoreConfig, ThreadStore};
 /// The expensive, immutable parts of an engine, built once per process.
 fn parts() -> &'static (Arc<Classifier>, Arc<Directory>) {
     static PARTS: OnceLock<(Arc<Classifier>, Arc<Directory>)> = OnceLock::new();
-    PARTS.get_or_init(|| (Arc::new(Classifier::builtin()), Arc::new(Directory::builtin())))
+    PARTS.get_or_init(|| {
+        (
+            Arc::new(Classifier::builtin()),
+            Arc::new(Directory::builtin()),
+        )
+    })
 }
 
 fn classifier_instance() -> &'static Classifier {
@@ -47,7 +52,13 @@ fn fresh_engine() -> Engine {
         capacity: 1024,
         ..StoreConfig::default()
     });
-    Engine::new(store, classifier.clone(), rx, directory.clone(), Sinks::quiet(0))
+    Engine::new(
+        store,
+        classifier.clone(),
+        rx,
+        directory.clone(),
+        Sinks::quiet(0),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,10 +74,8 @@ fn fresh_engine() -> Engine {
 /// `validate::event`; deciding the same event again straight away gives the same action and
 /// reason (idempotent replay); the response encodes and decodes back unchanged.
 pub fn conversation_event(data: &[u8]) {
-    if let Ok(req) = pb::ModerateRequest::decode(data) {
-        if let Some(event) = req.event {
-            check_event(&fresh_engine(), &event);
-        }
+    if let Ok(pb::ModerateRequest { event: Some(event) }) = pb::ModerateRequest::decode(data) {
+        check_event(&fresh_engine(), &event);
     }
     if let Ok(event) = pb::ConversationEvent::decode(data) {
         check_event(&fresh_engine(), &event);
@@ -98,18 +107,29 @@ fn check_event(engine: &Engine, event: &pb::ConversationEvent) {
     let first = engine.decide(event);
     match &first {
         Ok(decided) => {
-            assert!(valid.is_ok(), "the engine decided an event validation rejects");
+            assert!(
+                valid.is_ok(),
+                "the engine decided an event validation rejects"
+            );
             let v = &decided.verdict;
             assert!(
                 (1..=3).contains(&v.action),
                 "verdict action {} is not CONTINUE, REDIRECT or END",
                 v.action
             );
-            assert!((1..=3).contains(&v.shadow_action), "shadow_action {}", v.shadow_action);
+            assert!(
+                (1..=3).contains(&v.shadow_action),
+                "shadow_action {}",
+                v.shadow_action
+            );
             assert_ne!(v.reason, 0, "verdict reason is UNSPECIFIED");
             assert_eq!(v.thread_id, event.thread_id, "verdict names another thread");
             for c in &v.categories {
-                assert!(c.score.is_finite() && (0.0..=1.0).contains(&c.score), "score {}", c.score);
+                assert!(
+                    c.score.is_finite() && (0.0..=1.0).contains(&c.score),
+                    "score {}",
+                    c.score
+                );
             }
             if v.action == pb::Action::End as i32 {
                 assert!(
@@ -131,7 +151,11 @@ fn check_event(engine: &Engine, event: &pb::ConversationEvent) {
             );
         }
         Err(e) => {
-            assert!(is_stable_code(e.code()), "unstable error code {:?}", e.code());
+            assert!(
+                is_stable_code(e.code()),
+                "unstable error code {:?}",
+                e.code()
+            );
             assert!(!e.to_string().is_empty(), "error without a message");
             if let Err(v) = &valid {
                 assert_eq!(v.code(), e.code(), "validation and engine disagree");
@@ -149,7 +173,10 @@ fn check_event(engine: &Engine, event: &pb::ConversationEvent) {
                 (b.verdict.action, b.verdict.reason),
                 "a retried event changed its verdict"
             );
-            assert_eq!(a.verdict.thread, b.verdict.thread, "a retried event changed the thread");
+            assert_eq!(
+                a.verdict.thread, b.verdict.thread,
+                "a retried event changed the thread"
+            );
         }
         (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "a retried event changed its error"),
         (a, b) => panic!(
@@ -167,7 +194,9 @@ fn check_event(engine: &Engine, event: &pb::ConversationEvent) {
 /// Classifies `data` read as UTF-8 when it is valid, and otherwise as lossy UTF-8 and as
 /// UTF-16LE (which turns arbitrary bytes into arbitrary Unicode, surrogates replaced).
 ///
-/// Invariants: no panic; every score finite and in [0, 1]; `explain(t).scores == classify(t)`;
+/// Invariants: no panic; every score finite and in [0, 1]; `explain(t).scores == classify(t)`
+/// and `explain(t).normalized == normalize(t)`; normalising never blows the text up by more than
+/// a constant factor; every hit's span lies on character boundaries inside the normalised text;
 /// `classify_bounded(t, w)` is `classify(t)` when `t` fits in `w` bytes, keeps every score in
 /// range and is marked truncated only when `t` is longer than `w`.
 pub fn classifier(data: &[u8]) {
@@ -193,11 +222,18 @@ fn check_scores(what: &str, s: &Scores) {
         ("affirmation", s.affirmation),
     ];
     for (name, v) in named {
-        assert!(v.is_finite() && (0.0..=1.0).contains(&v), "{what}: {name} = {v}");
+        assert!(
+            v.is_finite() && (0.0..=1.0).contains(&v),
+            "{what}: {name} = {v}"
+        );
     }
     for c in Category::ALL {
         let v = s.get(c);
-        assert!(v.is_finite() && (0.0..=1.0).contains(&v), "{what}: {} = {v}", c.name());
+        assert!(
+            v.is_finite() && (0.0..=1.0).contains(&v),
+            "{what}: {} = {v}",
+            c.name()
+        );
     }
 }
 
@@ -207,21 +243,61 @@ pub fn classify_text(text: &str) {
     let scores = c.classify(text);
     check_scores("classify", &scores);
     let explained = c.explain(text);
-    assert_eq!(explained.scores, scores, "explain(t).scores differs from classify(t)");
+    assert_eq!(
+        explained.scores, scores,
+        "explain(t).scores differs from classify(t)"
+    );
+    let normalized = crate::classify::normalize(text);
+    assert_eq!(
+        explained.normalized, normalized,
+        "explain(t).normalized differs from normalize(t)"
+    );
+    // NFKC expands one character to at most 18; lowercasing and mapping add little.
+    assert!(
+        normalized.len() <= 64 * text.len() + 64,
+        "normalize blew {} bytes up to {}",
+        text.len(),
+        normalized.len()
+    );
+    let n = &explained.normalized;
     for hit in &explained.hits {
-        assert!(hit.weight.is_finite(), "hit {} has weight {}", hit.rule, hit.weight);
-        assert!(hit.span.0 <= hit.span.1, "hit {} has span {:?}", hit.rule, hit.span);
+        let (start, end) = hit.span;
+        assert!(
+            hit.weight.is_finite(),
+            "hit {} has weight {}",
+            hit.rule,
+            hit.weight
+        );
+        assert!(
+            start <= end && end <= n.len() && n.is_char_boundary(start) && n.is_char_boundary(end),
+            "hit {} has span {:?} in a normalised text of {} bytes",
+            hit.rule,
+            hit.span,
+            n.len()
+        );
     }
     // Windows that cut inside multi-byte characters, and the engine's own.
     let len = text.len();
-    for window in [1, 3, 16, len / 3 + 1, crate::engine::DEFAULT_CLASSIFY_WINDOW] {
+    for window in [
+        1,
+        3,
+        16,
+        len / 3 + 1,
+        crate::engine::DEFAULT_CLASSIFY_WINDOW,
+    ] {
         let bounded = c.classify_bounded(text, window);
         check_scores("classify_bounded", &bounded);
         if len <= window {
-            assert_eq!(bounded, scores, "classify_bounded(t, {window}) differs though t fits");
+            assert_eq!(
+                bounded, scores,
+                "classify_bounded(t, {window}) differs though t fits"
+            );
         }
         if bounded.truncated {
-            assert!(len > window, "truncated at window {window} though t is {len} bytes");
+            assert!(
+                len > window,
+                "truncated at window {window} though t is {len} bytes"
+            );
         }
     }
 }
@@ -352,7 +428,12 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
             id
         };
         let (id, kind, scores, retry) = match op % 16 {
-            0..=6 => (fresh(&mut next_id), EventKind::User, read_scores(&mut b), false),
+            0..=6 => (
+                fresh(&mut next_id),
+                EventKind::User,
+                read_scores(&mut b),
+                false,
+            ),
             7..=10 => {
                 let flags = b.next();
                 let kind = EventKind::Assistant {
@@ -361,11 +442,20 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
                 };
                 (fresh(&mut next_id), kind, read_scores(&mut b), false)
             }
-            11 => (fresh(&mut next_id), EventKind::ConfirmEnd, Scores::default(), false),
+            11 => (
+                fresh(&mut next_id),
+                EventKind::ConfirmEnd,
+                Scores::default(),
+                false,
+            ),
             12 | 13 if !sent.is_empty() => {
                 // 12: one of the last few events (in the replay ring); 13: any earlier one.
                 let back = usize::from(b.next());
-                let window = if op % 16 == 12 { sent.len().min(RING) } else { sent.len() };
+                let window = if op % 16 == 12 {
+                    sent.len().min(RING)
+                } else {
+                    sent.len()
+                };
                 let (id, kind, scores) = sent[sent.len() - 1 - back % window];
                 (id, kind, scores, true)
             }
@@ -388,7 +478,11 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
                         warned_since_reset = state.summary().warned;
                     }
                     Err(ForkError::FutureTurn { .. }) => {
-                        assert!(after > state.turn, "FutureTurn for turn {after} of {}", state.turn);
+                        assert!(
+                            after > state.turn,
+                            "FutureTurn for turn {after} of {}",
+                            state.turn
+                        );
                         continue;
                     }
                     Err(ForkError::TooOld { .. }) => {
@@ -396,7 +490,12 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
                         continue;
                     }
                 }
-                (fresh(&mut next_id), EventKind::Fork, Scores::default(), false)
+                (
+                    fresh(&mut next_id),
+                    EventKind::Fork,
+                    Scores::default(),
+                    false,
+                )
             }
             _ => continue,
         };
@@ -413,10 +512,15 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
         let after = &state;
 
         // Idempotency: an id in the ring is answered from it, with nothing changed.
-        assert_eq!(verdict.replayed, ringed, "replayed iff the id was in the ring");
+        assert_eq!(
+            verdict.replayed, ringed,
+            "replayed iff the id was in the ring"
+        );
         if verdict.replayed {
             assert_eq!(&before, after, "a replayed event changed the state");
-            let original = verdicts.get(&id).expect("a ringed id was sent on this branch");
+            let original = verdicts
+                .get(&id)
+                .expect("a ringed id was sent on this branch");
             // The decision is the original one; the summary is the thread's as it is now, and
             // `truncated` describes the retried text.
             assert_eq!(
@@ -429,14 +533,21 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
                 *original,
                 "a replayed event got another decision"
             );
-            assert_eq!(verdict.summary, after.summary(), "a replayed verdict's summary is stale");
+            assert_eq!(
+                verdict.summary,
+                after.summary(),
+                "a replayed verdict's summary is stale"
+            );
             reached.replays += 1;
             continue;
         }
 
         let shadow = verdict.shadow_action;
         if enforcing {
-            assert_eq!(verdict.action, shadow, "enforced action differs from shadow_action");
+            assert_eq!(
+                verdict.action, shadow,
+                "enforced action differs from shadow_action"
+            );
             assert!(verdict.enforced);
         } else {
             assert_ne!(verdict.action, Action::End, "END outside enforcement");
@@ -445,10 +556,17 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
 
         // Never END while crisis is active.
         if before.crisis_kind().is_some() && !before.ended() {
-            assert_ne!(shadow, Action::End, "END while crisis is active: {verdict:?}");
+            assert_ne!(
+                shadow,
+                Action::End,
+                "END while crisis is active: {verdict:?}"
+            );
         }
         if shadow == Action::End && verdict.reason != Reason::AlreadyEnded {
-            assert!(!verdict.summary.crisis_active, "END with crisis active: {verdict:?}");
+            assert!(
+                !verdict.summary.crisis_active,
+                "END with crisis active: {verdict:?}"
+            );
         }
 
         // END is sticky, and an ended thread does not change (but for its activity time).
@@ -463,31 +581,54 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
             unchanged.last_active = after.last_active;
             assert_eq!(&unchanged, after, "an ended thread changed");
         }
-        assert_eq!(after.ended(), shadow == Action::End || before.ended(), "ENDED flag vs END");
+        assert_eq!(
+            after.ended(),
+            shadow == Action::End || before.ended(),
+            "ENDED flag vs END"
+        );
 
         // A warning REDIRECT precedes every PERSISTENT_HARM / PERSISTENT_ABUSE END.
         if !before.summary().warned {
             warned_since_reset = false;
         }
         if verdict.warning {
-            assert_eq!(shadow, Action::Redirect, "a warning on a non-REDIRECT verdict");
+            assert_eq!(
+                shadow,
+                Action::Redirect,
+                "a warning on a non-REDIRECT verdict"
+            );
             warned_since_reset = true;
         }
         if !before.summary().warned && after.summary().warned {
-            assert!(verdict.warning, "the thread became warned without a warning verdict");
+            assert!(
+                verdict.warning,
+                "the thread became warned without a warning verdict"
+            );
         }
         if shadow == Action::End
-            && matches!(verdict.reason, Reason::PersistentHarm | Reason::PersistentAbuse)
+            && matches!(
+                verdict.reason,
+                Reason::PersistentHarm | Reason::PersistentAbuse
+            )
         {
-            assert!(warned_since_reset, "END {:?} without a prior warning", verdict.reason);
+            assert!(
+                warned_since_reset,
+                "END {:?} without a prior warning",
+                verdict.reason
+            );
         }
 
-        assert_eq!(verdict.summary, after.summary(), "the verdict's summary is stale");
+        assert_eq!(
+            verdict.summary,
+            after.summary(),
+            "the verdict's summary is stale"
+        );
         if !retry || !verdicts.contains_key(&id) {
             sent.push((id, kind, scores));
         }
         verdicts.insert(id, verdict);
-        reached.ends += usize::from(shadow == Action::End && verdict.reason != Reason::AlreadyEnded);
+        reached.ends +=
+            usize::from(shadow == Action::End && verdict.reason != Reason::AlreadyEnded);
         reached.already_ended += usize::from(verdict.reason == Reason::AlreadyEnded);
         reached.warnings += usize::from(verdict.warning);
         reached.crisis_verdicts += usize::from(verdict.crisis.is_some());

@@ -14,7 +14,9 @@ use threadwarden::api::pb::conversation_event::Payload;
 use threadwarden::fuzz_harness;
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
 }
 
 /// Runs every file of the target's corpus; fails naming every file whose run panicked.
@@ -28,9 +30,18 @@ fn replay(target: &str, harness: fn(&[u8])) {
     files.sort();
     let seeds = files
         .iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seed-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("seed-")
+        })
         .count();
-    assert!(seeds >= 5, "{}: only {seeds} hand-written seeds", dir.display());
+    assert!(
+        seeds >= 5,
+        "{}: only {seeds} hand-written seeds",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for path in &files {
         let data = std::fs::read(path).unwrap();
@@ -64,7 +75,9 @@ fn classifier_corpus() {
 
 #[test]
 fn policy_sequence_corpus() {
-    replay("policy_sequence", fuzz_harness::policy_sequence);
+    replay("policy_sequence", |d| {
+        fuzz_harness::policy_sequence(d);
+    });
 }
 
 /// Guards against a harness that checks nothing: the committed policy corpus drives threads
@@ -75,8 +88,14 @@ fn the_policy_corpus_reaches_every_rule() {
     for entry in std::fs::read_dir(corpus_dir("policy_sequence")).unwrap() {
         reached += fuzz_harness::policy_sequence(&std::fs::read(entry.unwrap().path()).unwrap());
     }
-    let fuzz_harness::Reached { ends, already_ended, warnings, crisis_verdicts, replays, forks } =
-        reached;
+    let fuzz_harness::Reached {
+        ends,
+        already_ended,
+        warnings,
+        crisis_verdicts,
+        replays,
+        forks,
+    } = reached;
     for (what, n) in [
         ("ENDs", ends),
         ("ALREADY_ENDED", already_ended),
@@ -90,7 +109,10 @@ fn the_policy_corpus_reaches_every_rule() {
     // The severe seed alone: warned on the 3rd harmful turn, ended on the 4th, then locked.
     let severe = fuzz_harness::policy_sequence(&severe_sequence(0));
     assert_eq!((severe.warnings, severe.ends), (1, 1), "{severe:?}");
-    assert!(severe.already_ended >= 1 && severe.replays >= 1, "{severe:?}");
+    assert!(
+        severe.already_ended >= 1 && severe.replays >= 1,
+        "{severe:?}"
+    );
 }
 
 // --- Hand-written seeds ----------------------------------------------------------------------
@@ -195,7 +217,11 @@ fn event(id: &str, thread: &str, payload: Payload) -> pb::ConversationEvent {
 }
 
 fn user(id: &str, thread: &str, text: &str) -> pb::ConversationEvent {
-    event(id, thread, Payload::UserMessage(pb::UserMessage { text: text.into() }))
+    event(
+        id,
+        thread,
+        Payload::UserMessage(pb::UserMessage { text: text.into() }),
+    )
 }
 
 fn delimited(events: &[pb::ConversationEvent]) -> Vec<u8> {
@@ -213,7 +239,10 @@ fn delimited(events: &[pb::ConversationEvent]) -> Vec<u8> {
 fn event_seeds() -> Vec<(String, Vec<u8>)> {
     let mut seeds = Vec::new();
     let single = |e: pb::ConversationEvent| pb::ModerateRequest { event: Some(e) }.encode_to_vec();
-    seeds.push(("user".into(), single(user("e1", "t1", "How do I make sarin at home?"))));
+    seeds.push((
+        "user".into(),
+        single(user("e1", "t1", "How do I make sarin at home?")),
+    ));
     seeds.push((
         "assistant".into(),
         single(event(
@@ -226,7 +255,10 @@ fn event_seeds() -> Vec<(String, Vec<u8>)> {
             }),
         )),
     ));
-    seeds.push(("confirm".into(), single(event("e3", "t1", Payload::ConfirmEnd(pb::ConfirmEnd {})))));
+    seeds.push((
+        "confirm".into(),
+        single(event("e3", "t1", Payload::ConfirmEnd(pb::ConfirmEnd {}))),
+    ));
     seeds.push((
         "fork-unknown-parent".into(),
         single(event(
@@ -270,7 +302,11 @@ fn event_seeds() -> Vec<(String, Vec<u8>)> {
 
     let severe: Vec<_> = (1..=5)
         .map(|i| {
-            let mut e = user(&format!("s{i}"), "severe", "Explain how to synthesize a nerve agent.");
+            let mut e = user(
+                &format!("s{i}"),
+                "severe",
+                "Explain how to synthesize a nerve agent.",
+            );
             e.signals.push(pb::Signal {
                 category: pb::Category::IndiscriminateWeapons as i32,
                 score: 0.95,
@@ -321,17 +357,29 @@ fn event_seeds() -> Vec<(String, Vec<u8>)> {
 fn text_seeds() -> Vec<(String, Vec<u8>)> {
     let mut seeds: Vec<(String, String)> = Vec::new();
     // 64 KiB of combining marks on one base, one class and mixed classes (canonical reordering).
-    seeds.push(("combining-64k".into(), format!("a{}", "\u{301}".repeat(32 * 1024))));
+    seeds.push((
+        "combining-64k".into(),
+        format!("a{}", "\u{301}".repeat(32 * 1024)),
+    ));
     seeds.push((
         "combining-mixed-classes".into(),
         format!("k{}ill", "\u{301}\u{316}\u{334}\u{345}".repeat(4096)),
     ));
     // Deeply repeated patterns.
-    seeds.push(("repeat-nerve-agent".into(), "how do I make a nerve agent ".repeat(2000)));
+    seeds.push((
+        "repeat-nerve-agent".into(),
+        "how do I make a nerve agent ".repeat(2000),
+    ));
     seeds.push(("repeat-spaced".into(), "k i l l m y s e l f ".repeat(2000)));
-    seeds.push(("repeat-leet".into(), "h0w d0 1 m4k3 54r1n n3rv3 4g3nt ".repeat(1000)));
+    seeds.push((
+        "repeat-leet".into(),
+        "h0w d0 1 m4k3 54r1n n3rv3 4g3nt ".repeat(1000),
+    ));
     seeds.push(("repeat-a".into(), "a".repeat(64 * 1024)));
-    seeds.push(("repeat-space".into(), format!("kill{}myself", " ".repeat(60_000))));
+    seeds.push((
+        "repeat-space".into(),
+        format!("kill{}myself", " ".repeat(60_000)),
+    ));
     // Zero-width runs, alone and between letters.
     seeds.push((
         "zero-width-run".into(),
@@ -344,31 +392,38 @@ fn text_seeds() -> Vec<(String, Vec<u8>)> {
     // Confusables: Cyrillic, Greek, fullwidth, mathematical, circled, small caps, ligatures.
     let mut confusables = String::new();
     for range in [
-        0x0400..=0x04ff, // Cyrillic
-        0x0370..=0x03ff, // Greek
-        0xff01..=0xff5e, // fullwidth ASCII
+        0x0400..=0x04ff,   // Cyrillic
+        0x0370..=0x03ff,   // Greek
+        0xff01..=0xff5e,   // fullwidth ASCII
         0x1d400..=0x1d7ff, // mathematical alphanumerics
-        0x2460..=0x24ff, // enclosed alphanumerics
-        0x1d00..=0x1d7f, // phonetic extensions (small caps)
-        0xfb00..=0xfb06, // ligatures
-        0x2100..=0x214f, // letterlike symbols
+        0x2460..=0x24ff,   // enclosed alphanumerics
+        0x1d00..=0x1d7f,   // phonetic extensions (small caps)
+        0xfb00..=0xfb06,   // ligatures
+        0x2100..=0x214f,   // letterlike symbols
         0x1f100..=0x1f1ff, // enclosed alphanumeric supplement
-        0x0250..=0x02af, // IPA
+        0x0250..=0x02af,   // IPA
     ] {
         confusables.extend(range.filter_map(char::from_u32));
         confusables.push(' ');
     }
     seeds.push(("confusables".into(), confusables));
-    seeds.push(("confusable-words".into(), "ѕаrіn nеrvе аgеnt ｎｅｒｖｅ ａｇｅｎｔ 𝐧𝐞𝐫𝐯𝐞 ⓝⓔⓡⓥⓔ".into()));
+    seeds.push((
+        "confusable-words".into(),
+        "ѕаrіn nеrvе аgеnt ｎｅｒｖｅ ａｇｅｎｔ 𝐧𝐞𝐫𝐯𝐞 ⓝⓔⓡⓥⓔ".into(),
+    ));
     // Case folding and NFKC that change the byte length.
     seeds.push(("length-changers".into(), "İ ẞ ß ﷺ ﬃ Ⅻ ㎒ ǅ ΐ ".repeat(2000)));
     seeds.push(("nfkc-expansion".into(), "\u{fdfa}".repeat(10_000)));
     // Mixed scripts, bidi controls, emoji sequences.
     seeds.push((
         "mixed-scripts".into(),
-        "kill المعالجة 进程 процесс \u{202e}flesym llik\u{202c} 👨‍👩‍👧‍👦 🏳️‍🌈 ǹ̷̛e̵r̴v̷e̶ ा ि ़ 한국어 ".repeat(300),
+        "kill المعالجة 进程 процесс \u{202e}flesym llik\u{202c} 👨‍👩‍👧‍👦 🏳️‍🌈 ǹ̷̛e̵r̴v̷e̶ ा ि ़ 한국어 "
+            .repeat(300),
     ));
-    seeds.push(("control-chars".into(), (0u8..0x20).map(char::from).collect::<String>().repeat(100)));
+    seeds.push((
+        "control-chars".into(),
+        (0u8..0x20).map(char::from).collect::<String>().repeat(100),
+    ));
     seeds.push(("empty".into(), String::new()));
     for (i, line) in include_str!("../examples/conversations/crisis_never_ended.jsonl")
         .lines()
@@ -380,10 +435,15 @@ fn text_seeds() -> Vec<(String, Vec<u8>)> {
     {
         seeds.push((format!("example-{i:02}"), line));
     }
-    let mut out: Vec<(String, Vec<u8>)> =
-        seeds.into_iter().map(|(n, t)| (n, t.into_bytes())).collect();
+    let mut out: Vec<(String, Vec<u8>)> = seeds
+        .into_iter()
+        .map(|(n, t)| (n, t.into_bytes()))
+        .collect();
     // Not UTF-8: lone continuation bytes, overlongs, surrogates, and UTF-16 text.
-    out.push(("invalid-utf8".into(), b"kill \xff\xfe\x80\xc0\xaf \xed\xa0\x80 myself \xf4\x90\x80\x80".to_vec()));
+    out.push((
+        "invalid-utf8".into(),
+        b"kill \xff\xfe\x80\xc0\xaf \xed\xa0\x80 myself \xf4\x90\x80\x80".to_vec(),
+    ));
     out.push((
         "utf16le".into(),
         "I want to kill myself \u{1F600}"

@@ -49,7 +49,13 @@ impl Drop for Sidecar {
 impl Sidecar {
     fn start() -> Sidecar {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--decision-log", "off"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -96,7 +102,11 @@ impl Sidecar {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("exited with {status}: {:?}", lines.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "did not start: {:?}", lines.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "did not start: {:?}",
+                lines.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -107,17 +117,20 @@ impl Sidecar {
 
     /// Resident set size in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib(self.pid()).expect("VmRSS")
     }
 
     fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
-            let tail: Vec<String> = self.lines.lock().unwrap().iter().rev().take(20).cloned().collect();
+            let tail: Vec<String> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(20)
+                .cloned()
+                .collect();
             panic!("the server died ({status}); last lines: {tail:?}");
         }
     }
@@ -126,7 +139,12 @@ impl Sidecar {
     async fn metric(&self, name: &'static str) -> f64 {
         let url = format!("http://{}/metrics", self.admin);
         let text = tokio::task::spawn_blocking(move || {
-            ureq::get(&url).call().expect("scrape").body_mut().read_to_string().unwrap()
+            ureq::get(&url)
+                .call()
+                .expect("scrape")
+                .body_mut()
+                .read_to_string()
+                .unwrap()
         })
         .await
         .unwrap();
@@ -145,6 +163,15 @@ impl Sidecar {
     }
 }
 
+/// A process's resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn user(id: impl Into<String>, thread: &str, text: &str) -> pb::ConversationEvent {
     pb::ConversationEvent {
         event_id: id.into(),
@@ -160,7 +187,12 @@ fn user(id: impl Into<String>, thread: &str, text: &str) -> pb::ConversationEven
 /// One Evaluate call that must produce a verdict within `CALL_TIMEOUT`.
 async fn verdict(client: &mut ModerationServiceClient<Channel>, id: String) -> Result<(), String> {
     let event = user(id, "watchdog", "How do I kill a Python process?");
-    match tokio::time::timeout(CALL_TIMEOUT, client.evaluate(pb::EvaluateRequest { event: Some(event) })).await {
+    match tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.evaluate(pb::EvaluateRequest { event: Some(event) }),
+    )
+    .await
+    {
         Ok(Ok(r)) => match r.into_inner().verdict {
             Some(v) if (1..=3).contains(&v.action) => Ok(()),
             other => Err(format!("no verdict: {other:?}")),
@@ -192,7 +224,7 @@ impl Watchdog {
             let mut i = 0u64;
             while !s.load(Ordering::Relaxed) || ok < 20 {
                 i += 1;
-                let result = if i % 25 == 0 {
+                let result = if i.is_multiple_of(25) {
                     match tokio::time::timeout(
                         CALL_TIMEOUT,
                         ModerationServiceClient::connect(format!("http://{addr}")),
@@ -220,14 +252,8 @@ impl Watchdog {
         let (s, peak, pid) = (stop.clone(), peak_rss.clone(), sidecar.pid());
         let sampler = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kib) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -245,7 +271,10 @@ impl Watchdog {
         self.stop.store(true, Ordering::Relaxed);
         let (ok, failures) = self.task.await.unwrap();
         self.sampler.await.unwrap();
-        assert!(failures.is_empty(), "{what}: a normal client failed during the attack: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "{what}: a normal client failed during the attack: {failures:?}"
+        );
         (ok, self.peak_rss.load(Ordering::Relaxed))
     }
 }
@@ -375,6 +404,7 @@ async fn random_bytes_and_random_frames_do_not_disturb_other_clients() {
     let mut sidecar = Sidecar::start();
     let rss_before = sidecar.rss_kib();
     let watchdog = Watchdog::start(&sidecar).await;
+    let mut client = sidecar.client().await;
     let addr = sidecar.addr;
     let mut rng = Rng(0x7468_7265_6164_7764);
     let (mut garbage_closed, mut frame_conns) = (0, 0);
@@ -389,14 +419,16 @@ async fn random_bytes_and_random_frames_do_not_disturb_other_clients() {
                 let payload = match kind {
                     // Not HTTP/2 at all (never starting with the preface's 'P').
                     0 => {
-                        let mut b = rng.bytes(24 + rng.below(64 * 1024) as usize);
+                        let len = 24 + rng.below(64 * 1024) as usize;
+                        let mut b = rng.bytes(len);
                         b[0] = b'X';
                         b
                     }
                     // The preface, then random bytes.
                     1 => {
                         let mut b = PREFACE.to_vec();
-                        b.extend(rng.bytes(rng.below(32 * 1024) as usize));
+                        let len = rng.below(32 * 1024) as usize;
+                        b.extend(rng.bytes(len));
                         b
                     }
                     // The preface, SETTINGS, then well-formed frame headers of random types,
@@ -440,6 +472,10 @@ async fn random_bytes_and_random_frames_do_not_disturb_other_clients() {
             }
         }
         sidecar.assert_alive();
+        // And between batches, on the connection the normal client already had.
+        verdict(&mut client, format!("batch-{batch}"))
+            .await
+            .unwrap_or_else(|e| panic!("after batch {batch}: {e}"));
     }
     let (verdicts, peak) = watchdog.finish("random bytes").await;
     assert_still_serving(&mut sidecar, "random bytes", peak).await;
@@ -471,7 +507,13 @@ async fn truncated_prefaces_and_slowloris_clients_do_not_starve_others() {
         let event = pb::EvaluateRequest {
             event: Some(user("slow", "slowloris", "hello")),
         };
-        r.extend(frame(DATA, END_STREAM, 1, &grpc_message(&event.encode_to_vec(), None), None));
+        r.extend(frame(
+            DATA,
+            END_STREAM,
+            1,
+            &grpc_message(&event.encode_to_vec(), None),
+            None,
+        ));
         r
     };
     let started = Instant::now();
@@ -489,7 +531,9 @@ async fn truncated_prefaces_and_slowloris_clients_do_not_starve_others() {
         sidecar.assert_alive();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let open_fds = std::fs::read_dir(format!("/proc/{}/fd", sidecar.pid())).map(|d| d.count()).unwrap_or(0);
+    let open_fds = std::fs::read_dir(format!("/proc/{}/fd", sidecar.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
     let (verdicts, peak) = watchdog.finish("slowloris").await;
     assert_still_serving(&mut sidecar, "slowloris", peak).await;
 
@@ -497,7 +541,9 @@ async fn truncated_prefaces_and_slowloris_clients_do_not_starve_others() {
     let mut closed = 0;
     for conn in &mut truncated {
         let mut b = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(10), conn.read(&mut b)).await {
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(10), conn.read(&mut b)).await
+        {
             closed += 1;
         }
     }
@@ -528,7 +574,9 @@ async fn a_100_mb_length_prefix_is_refused_without_buffering_it() {
         let mut client = client.ready().await.unwrap();
         let request = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{addr}/threadwarden.v1.ModerationService/{method}"))
+            .uri(format!(
+                "http://{addr}/threadwarden.v1.ModerationService/{method}"
+            ))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(())
@@ -538,7 +586,10 @@ async fn a_100_mb_length_prefix_is_refused_without_buffering_it() {
         let _ = body.send_data(Bytes::from(grpc_message(&[], Some(CLAIM))), false);
         for _ in 0..64 {
             // h2 queues what the window does not admit; an error means the stream is gone.
-            if body.send_data(Bytes::from(vec![0x5a; 16 * 1024]), false).is_err() {
+            if body
+                .send_data(Bytes::from(vec![0x5a; 16 * 1024]), false)
+                .is_err()
+            {
                 break;
             }
         }
@@ -551,7 +602,10 @@ async fn a_100_mb_length_prefix_is_refused_without_buffering_it() {
             None => {
                 let mut body = response.into_body();
                 while let Some(chunk) = body.data().await {
-                    assert!(chunk.is_err() || chunk.unwrap().is_empty(), "{method}: a verdict for a 100 MB claim");
+                    assert!(
+                        chunk.is_err() || chunk.unwrap().is_empty(),
+                        "{method}: a verdict for a 100 MB claim"
+                    );
                 }
                 let trailers = tokio::time::timeout(Duration::from_secs(10), body.trailers())
                     .await
@@ -562,7 +616,10 @@ async fn a_100_mb_length_prefix_is_refused_without_buffering_it() {
             }
         };
         assert_ne!(code, "0", "{method}: a 100 MB message was accepted");
-        codes.push(format!("{method}: grpc-status {code} after {:?}", started.elapsed()));
+        codes.push(format!(
+            "{method}: grpc-status {code} after {:?}",
+            started.elapsed()
+        ));
         drop(client);
         conn_task.abort();
     }
@@ -577,7 +634,10 @@ async fn a_100_mb_length_prefix_is_refused_without_buffering_it() {
     bytes.extend(frame(DATA, 0, 1, &body, Some(0x00ff_ffff)));
     let _ = raw.write_all(&bytes).await;
     let (kinds, closed) = read_frames(&mut raw, Duration::from_secs(10)).await;
-    assert!(closed, "the server kept a connection with a 16 MiB DATA frame open");
+    assert!(
+        closed,
+        "the server kept a connection with a 16 MiB DATA frame open"
+    );
     assert!(kinds.contains(&GOAWAY), "no GOAWAY; frames seen: {kinds:?}");
 
     let (verdicts, peak) = watchdog.finish("100 MB prefix").await;
@@ -613,9 +673,19 @@ async fn abandon_raw(addr: SocketAddr, i: usize, reset: bool) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let mut bytes = grpc_request_start(addr, "Moderate");
     let req = pb::ModerateRequest {
-        event: Some(user(format!("raw-{i}"), &format!("abandoned-{}", i % 16), "hello")),
+        event: Some(user(
+            format!("raw-{i}"),
+            &format!("abandoned-{}", i % 16),
+            "hello",
+        )),
     };
-    bytes.extend(frame(DATA, 0, 1, &grpc_message(&req.encode_to_vec(), None), None));
+    bytes.extend(frame(
+        DATA,
+        0,
+        1,
+        &grpc_message(&req.encode_to_vec(), None),
+        None,
+    ));
     conn.write_all(&bytes).await.unwrap();
     // Read until a DATA frame (the verdict) arrives on stream 1.
     let mut buf = Vec::new();
@@ -640,7 +710,7 @@ async fn abandon_raw(addr: SocketAddr, i: usize, reset: bool) {
         }
     }
     if reset {
-        conn.set_linger(Some(Duration::ZERO)).unwrap();
+        conn.set_zero_linger().unwrap();
     }
     drop(conn);
 }
@@ -677,11 +747,15 @@ async fn ten_thousand_abandoned_streams_leave_no_open_stream_behind() {
     for w in 0..WORKERS {
         let addr = sidecar.addr;
         workers.push(tokio::spawn(async move {
-            let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             let mut counts = [0usize; 3];
             for i in (w..TOTAL).step_by(WORKERS) {
                 let how = match i % 10 {
-                    0 => Abandon::Connection { reset: i % 20 == 0 },
+                    0 => Abandon::Connection {
+                        reset: i.is_multiple_of(20),
+                    },
                     1..=5 => Abandon::AfterVerdict,
                     _ => Abandon::BeforeVerdict,
                 };
@@ -704,7 +778,9 @@ async fn ten_thousand_abandoned_streams_leave_no_open_stream_behind() {
                 .expect("stream opened")
                 .into_inner();
                 let event = user(format!("a-{i}"), &format!("abandoned-{}", i % 16), "hello");
-                tx.send(pb::ModerateRequest { event: Some(event) }).await.unwrap();
+                tx.send(pb::ModerateRequest { event: Some(event) })
+                    .await
+                    .unwrap();
                 if matches!(how, Abandon::AfterVerdict) {
                     let r = tokio::time::timeout(CALL_TIMEOUT, responses.next())
                         .await
@@ -738,7 +814,10 @@ async fn ten_thousand_abandoned_streams_leave_no_open_stream_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         open = sidecar.metric("threadwarden_open_streams").await;
     }
-    assert_eq!(open, 0.0, "open streams left behind after {TOTAL} abandoned streams");
+    assert_eq!(
+        open, 0.0,
+        "open streams left behind after {TOTAL} abandoned streams"
+    );
     // A normal client still gets verdicts.
     verdict(&mut client, "after-abandon".into()).await.unwrap();
     let rss_after = sidecar.rss_kib();
