@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::api::StreamLimits;
 use crate::crisis::notifier::NotifierConfig;
+use crate::listener::ConnectionLimits;
 use crate::server::{App, ServeConfig, TlsFiles};
 use crate::state::StoreConfig;
 use crate::telemetry::decision_log::Sink;
@@ -28,6 +29,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gRPC sidecar.
@@ -56,6 +59,15 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure throughput, latency and CPU per event beside an echo baseline (BENCHMARKS.md).
+    Loadgen(crate::loadgen::LoadgenArgs),
+    /// The load generator's baseline: a bare server on the same proto (fixed answers).
+    #[command(hide = true)]
+    EchoServer(crate::loadgen::EchoArgs),
+    /// Measure the classifier and policy on labelled public data (EVAL.md).
+    Eval(crate::eval::EvalArgs),
+    /// Train the learned component on permissively licensed data; writes the weights file.
+    Train(crate::train::TrainArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +153,12 @@ pub struct ServeArgs {
     /// During shutdown, a stream idle for this long is closed with UNAVAILABLE (reconnect).
     #[arg(long, env = "THREADWARDEN_DRAIN_IDLE", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub drain_idle: Duration,
+    /// Open gRPC connections; beyond, new ones are closed at once.
+    #[arg(long, env = "THREADWARDEN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// A new connection must send its HTTP/2 preface (or TLS ClientHello) within this.
+    #[arg(long, env = "THREADWARDEN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
     /// Deadline of a unary call (a client's shorter grpc-timeout wins).
     #[arg(long, env = "THREADWARDEN_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
@@ -202,6 +220,10 @@ impl ServeArgs {
             max_streams_per_connection: self.max_streams_per_connection,
             call_timeout: self.call_timeout,
             crisis_webhook: self.crisis_webhook.clone().map(NotifierConfig::new),
+            connection_limits: ConnectionLimits {
+                max_connections: self.max_connections,
+                handshake_timeout: self.handshake_timeout,
+            },
             ..defaults
         }
     }
@@ -212,6 +234,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Loadgen(args) => crate::loadgen::main(args),
+        Command::EchoServer(args) => crate::loadgen::echo::main(args),
+        Command::Eval(args) => crate::eval::main(args),
+        Command::Train(args) => crate::train::main(args),
         Command::Check { text, json } => {
             let text = match text {
                 Some(t) => t,

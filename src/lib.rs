@@ -15,8 +15,10 @@
 //! - [`config`]: policy files, validation with file:line:field errors, hot reload.
 //! - [`server`]: assembling the sidecar; health, reflection, background tasks, shutdown.
 //! - [`telemetry`]: logs, wired once.
+//! - [`eval`], [`train`]: measuring on labelled public data; training the learned component.
 //! - [`cli`], [`check`], [`replay`]: the command line.
 //! - [`domain`]: the vocabulary shared by `classify` and `policy`.
+//! - [`loadgen`]: the measurement harness (`threadwarden loadgen`) and its echo baseline.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -27,9 +29,13 @@ pub mod config;
 pub mod crisis;
 pub mod domain;
 pub mod engine;
+pub mod eval;
 pub mod fuzz_harness;
+pub mod listener;
+pub mod loadgen;
 pub mod policy;
 pub mod replay;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod train;

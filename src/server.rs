@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::auth::{Auth, AuthError, Tokens};
 use crate::api::{ModerationApi, StreamLimits};
@@ -23,6 +23,7 @@ use crate::classify::Classifier;
 use crate::config::{self, ConfigError, Reloader};
 use crate::crisis::{Directory, DirectoryError};
 use crate::engine::{Engine, Sinks};
+use crate::listener::{self, ConnectionLimits};
 use crate::policy::Policy;
 use crate::state::{SnapshotError, StoreConfig, ThreadStore};
 use crate::telemetry::Metrics;
@@ -65,6 +66,8 @@ pub struct ServeConfig {
     pub call_timeout: Duration,
     /// Crisis webhook.
     pub crisis_webhook: Option<NotifierConfig>,
+    /// Open connections and the handshake deadline.
+    pub connection_limits: ConnectionLimits,
 }
 
 /// PEM files for TLS.
@@ -96,6 +99,7 @@ impl Default for ServeConfig {
             max_streams_per_connection: 1024,
             call_timeout: Duration::from_secs(10),
             crisis_webhook: None,
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -335,15 +339,26 @@ impl App {
         let mut builder = tonic::transport::Server::builder()
             // A unary call's deadline; streams are bounded by their own limits instead.
             .timeout(config.call_timeout)
-            .max_concurrent_streams(config.max_streams_per_connection);
+            .max_concurrent_streams(config.max_streams_per_connection)
+            // Pings find peers that vanished without closing (a dead pod, a cut network).
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        let tls_on = tls.is_some();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
+        let (incoming, acceptor) = listener::accept(
+            listener,
+            config.connection_limits.clone(),
+            tls_on,
+            metrics.clone(),
+        );
+        let _acceptor = AbortOnDrop(acceptor);
         let server = builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(moderation)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
                 let _ = stop_rx.await;
             });
         let mut server = tokio::spawn(server);

@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
 
 /// Starts `serve` on an ephemeral port and returns the child and its address (read from the
 /// "serving" log line, so no port is guessed).
+// The caller owns the child and waits for it; a panic here fails the test anyway.
+#[allow(clippy::zombie_processes)]
 fn spawn_serve(extra: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -365,4 +367,27 @@ fn a_non_loopback_listener_without_tls_or_token_logs_a_warning() {
     assert!(!warned(&lines), "loopback is the default and needs no warning");
     sigterm(&child);
     wait_exit(&mut child, Duration::from_secs(15));
+}
+
+#[test]
+fn every_example_conversation_replays_as_expected() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/conversations");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        let out = Command::new(BIN).arg("replay").arg(&file).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}\n{stdout}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("EXPECTED"), "{stdout}");
+    }
 }

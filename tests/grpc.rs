@@ -112,7 +112,7 @@ async fn bad_events_get_an_error_each_and_the_stream_goes_on() {
         pb::ModerateRequest { event: None },
         req(fork("e8", "branch", "no-such-parent", 0)),
         req(fork("e9", "t1", "t1", 0)),
-        req(user(&"x".repeat(300), "t1", "long id")),
+        req(user("x".repeat(300), "t1", "long id")),
         req(user("e11", "t1", "still here")),
     ];
     let r = moderate_all(&server, events).await;

@@ -526,3 +526,46 @@ async fn a_dead_webhook_is_retried_with_backoff_then_counted_failed() {
     assert!(text.contains("threadwarden_crisis_notifications_total{result=\"retried\"} 2"), "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn half_open_and_surplus_connections_are_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = Arc::new(Metrics::default());
+    let server = start_server(ServeConfig {
+        connection_limits: threadwarden::listener::ConnectionLimits {
+            max_connections: 4,
+            handshake_timeout: Duration::from_millis(300),
+        },
+        metrics: metrics.clone(),
+        ..ServeConfig::default()
+    })
+    .await;
+    // Three clients that send half a preface and then nothing.
+    let mut half_open = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        half_open.push(s);
+    }
+    // A real client takes the 4th place and is served.
+    let mut client = server.client().await;
+    evaluate(&mut client, user("c1", "conn", "hello")).await;
+    // A 5th connection is over the cap: closed at once.
+    let mut surplus = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), surplus.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "closed, not served: {n:?}");
+    // The half-open ones are closed at the handshake deadline, freeing their places.
+    for s in &mut half_open {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    let text = metrics.render();
+    assert!(text.contains("threadwarden_connections_rejected_total{reason=\"handshake_timeout\"} 3"), "{text}");
+    assert!(text.contains("threadwarden_connections_rejected_total{reason=\"limit\"} 1"), "{text}");
+    // Their places are free again: new clients connect and are served.
+    let mut again = server.client().await;
+    evaluate(&mut again, user("c2", "conn", "hello again")).await;
+    evaluate(&mut client, user("c3", "conn", "still connected")).await;
+    server.shutdown().await;
+}

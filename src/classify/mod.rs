@@ -6,6 +6,7 @@
 //! text: callers pass a bounded window or use `classify_bounded`.
 
 mod lexicon;
+pub mod model;
 mod normalize;
 mod rules;
 
@@ -13,6 +14,7 @@ mod rules;
 mod tests;
 
 pub use lexicon::LexiconError;
+pub use model::{Model, ModelError};
 pub use normalize::normalize;
 
 use crate::domain::{Category, Scores};
@@ -23,7 +25,15 @@ use rules::Work;
 /// The built-in rule classifier; cheap to share behind an `Arc`, immutable after construction.
 pub struct Classifier {
     lexicon: Lexicon,
+    /// The adopted heads of the learned component (`threadwarden train`), if any.
+    model: Option<Model>,
 }
+
+/// The versioned weights of the learned component, written by `threadwarden train`.
+pub const MODEL_BYTES: &[u8] = include_bytes!("model.bin");
+
+/// Path of the weights file in the repository, relative to the crate root.
+pub const MODEL_PATH: &str = "src/classify/model.bin";
 
 /// Why a message scored as it did, for `threadwarden check TEXT`.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +66,21 @@ pub struct Hit {
 impl Classifier {
     /// The classifier over the embedded lexicon; panics only if the embedded data is broken.
     pub fn builtin() -> Classifier {
+        let model = Model::from_bytes(MODEL_BYTES)
+            .expect("embedded model.bin is valid")
+            .adopted();
+        Classifier::rules_only().with_model(Some(model))
+    }
+
+    /// The classifier over the embedded lexicon alone, without the learned component.
+    pub fn rules_only() -> Classifier {
         Classifier::from_yaml(BUILTIN_YAML).expect("embedded lexicon.yaml is valid")
+    }
+
+    /// The same rules with `model`'s heads merged in by maximum (a model without heads is none).
+    pub fn with_model(mut self, model: Option<Model>) -> Classifier {
+        self.model = model.filter(|m| !m.heads.is_empty());
+        self
     }
 
     /// The process-wide built-in classifier, built once on first use (building it compiles the
@@ -72,6 +96,7 @@ impl Classifier {
     pub fn from_yaml(yaml: &str) -> Result<Classifier, LexiconError> {
         Ok(Classifier {
             lexicon: Lexicon::from_yaml(yaml)?,
+            model: None,
         })
     }
 
@@ -88,12 +113,30 @@ impl Classifier {
             affirmation: affirmation(&self.lexicon.affirmation, &normalized),
             ..Scores::default()
         };
+        self.apply_model(&normalized, &mut scores);
         if !self.lexicon.is_match(normalized.as_ref()) {
             return scores;
         }
         let mut work = Work::default();
         rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
         scores
+    }
+
+    /// Merges the adopted model heads into `scores` (by maximum); their probabilities, in
+    /// head order, for `explain`.
+    fn apply_model(&self, normalized: &str, scores: &mut Scores) -> [f32; 16] {
+        let mut out = [0.0f32; 16];
+        if let Some(m) = &self.model {
+            m.score_into(normalized, &mut out);
+            for (k, h) in m.heads.iter().take(16).enumerate() {
+                // Below the floor a probability is noise: merging it would list a category on
+                // every verdict and span.
+                if out[k] >= MODEL_MIN {
+                    scores.raise(h.category, out[k]);
+                }
+            }
+        }
+        out
     }
 
     /// Scores only the first and last `window` bytes of a long text, marking it truncated.
@@ -124,6 +167,7 @@ impl Classifier {
             affirmation: affirmation(&self.lexicon.affirmation, &normalized),
             ..Scores::default()
         };
+        let probs = self.apply_model(&normalized, &mut scores);
         let mut work = Work::default();
         rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
         let mut hits: Vec<Hit> = work
@@ -156,6 +200,20 @@ impl Classifier {
                 suppressed: false,
             });
         }
+        if let Some(m) = &self.model {
+            for (k, h) in m.heads.iter().take(16).enumerate() {
+                if probs[k] >= MODEL_MIN {
+                    hits.push(Hit {
+                        rule: format!("model:{}", h.category.name()),
+                        category: Some(h.category),
+                        signal: None,
+                        weight: probs[k],
+                        span: (0, normalized.len()),
+                        suppressed: false,
+                    });
+                }
+            }
+        }
         hits.sort_by(|a, b| a.span.cmp(&b.span).then_with(|| a.rule.cmp(&b.rule)));
         Explanation {
             normalized,
@@ -164,6 +222,9 @@ impl Classifier {
         }
     }
 }
+
+/// Smallest model probability merged into the scores (and listed by `explain`).
+const MODEL_MIN: f32 = 0.2;
 
 fn split_effect(effect: Effect) -> (Option<Category>, Option<&'static str>) {
     match effect {

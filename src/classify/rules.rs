@@ -217,6 +217,9 @@ fn advance(bytes: &[u8], from: usize, to: usize, mut tok: u32, gap: u32) -> u32 
     tok
 }
 
+/// Weight of the weakest request frame that makes a self-harm object method-seeking.
+const METHOD_REQUEST_MIN: f32 = 0.7;
+
 fn noisy_or(xs: &[f32]) -> f32 {
     1.0 - xs
         .iter()
@@ -339,16 +342,28 @@ impl Ctx<'_> {
     /// Request strength near hit `i` for `category`: requests, category verbs, evasion.
     fn intent(&self, i: usize, category: Category) -> f32 {
         let p = &self.lex.params;
+        // Self-harm: the category means seeking a method or harmful content. A first-person
+        // statement ("I want to end my life", "I've been thinking about killing myself") is a
+        // crisis signal only, so neither first-person wording nor a bare "I want" / "I need"
+        // frame counts as a request here: only method-seeking frames ("how do I", "ways to").
+        let method_only = category == Category::SelfHarm;
         let req = self.best(
             i,
             Role::Request,
             p.request_window,
             p.request_window,
-            |_, _| true,
+            |e, _| {
+                (e.applies.is_empty() || e.applies.contains(&Effect::Category(category)))
+                    && (!method_only || e.weight >= METHOD_REQUEST_MIN)
+            },
         );
         let verb = self.verb(i, category, false);
         let ev = self.evasion(i);
-        let fp = self.first_person(i);
+        let fp = if method_only {
+            None
+        } else {
+            self.first_person(i)
+        };
         noisy_or(&[
             req.map_or(0.0, |n| n.weight),
             verb.map_or(0.0, |n| n.weight),

@@ -107,7 +107,13 @@ impl ThreadStore {
     pub fn new(config: StoreConfig) -> ThreadStore {
         // Pre-sized to the capacity: the table never rehashes (no doubling spike at a million
         // threads), and untouched buckets cost address space, not resident memory.
-        let map = Map::with_capacity_and_hasher(config.capacity, BuildHasherDefault::default());
+        // 64 shards: a sweep or snapshot holds one shard's lock at a time, so more shards mean
+        // shorter holds (about 16k threads each at a million).
+        let map = Map::with_capacity_and_hasher_and_shard_amount(
+            config.capacity,
+            BuildHasherDefault::default(),
+            64,
+        );
         ThreadStore {
             shared: Arc::new(Shared {
                 map,
@@ -255,10 +261,15 @@ impl ThreadStore {
                     _ = tick.tick() => {}
                     _ = store.shared.full.notified() => {}
                 }
-                let idle = store.evict_idle();
-                let over = store.evict_over_capacity();
-                if idle + over > 0 {
-                    tracing::debug!(idle, over, threads = store.len(), "evicted threads");
+                // A sweep scans the whole map: run it on the blocking pool, never on an async
+                // worker, so requests scheduled there are not held up behind it.
+                let sweeping = store.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    (sweeping.evict_idle(), sweeping.evict_over_capacity())
+                })
+                .await;
+                if let Ok((idle, over)) = swept.as_ref().map(|&(i, o)| (i, o)) {
+                    tracing::debug!(idle, over, threads = store.len(), "swept threads");
                 }
             }
         });

@@ -42,9 +42,10 @@ pub const ERROR_CODES: [&str; 8] = [
 ];
 const RATINGS: [&str; 2] = ["thumbs_up", "thumbs_down"];
 const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"];
+const CONNECTION_REJECTIONS: [&str; 2] = ["limit", "handshake_timeout"];
 
 /// Every counter's name (series with zero values may be omitted from a render, names never are).
-pub const COUNTER_NAMES: [&str; 11] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "threadwarden_events_total",
     "threadwarden_verdicts_total",
     "threadwarden_ends_total",
@@ -56,6 +57,7 @@ pub const COUNTER_NAMES: [&str; 11] = [
     "threadwarden_decision_log_dropped_total",
     "threadwarden_policy_reloads_total",
     "threadwarden_crisis_notifications_total",
+    "threadwarden_connections_rejected_total",
 ];
 
 fn action_index(a: Action) -> usize {
@@ -141,6 +143,7 @@ pub struct Metrics {
     decision_log_dropped: AtomicU64,
     reloads: [AtomicU64; 2],
     notifications: [AtomicU64; 4],
+    connections_rejected: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -230,6 +233,14 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection closed by the listener: `limit` (too many open) or
+    /// `handshake_timeout` (its opening bytes did not arrive in time).
+    pub fn connection_rejected(&self, reason: &str) {
+        if let Some(i) = CONNECTION_REJECTIONS.iter().position(|r| *r == reason) {
+            self.connections_rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts a policy reload, accepted or rejected.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
@@ -291,6 +302,9 @@ impl Metrics {
         f("threadwarden_decision_log_dropped_total", vec![], self.decision_log_dropped.load(Relaxed));
         f("threadwarden_policy_reloads_total", vec![("result", "ok")], self.reloads[0].load(Relaxed));
         f("threadwarden_policy_reloads_total", vec![("result", "rejected")], self.reloads[1].load(Relaxed));
+        for (i, r) in CONNECTION_REJECTIONS.iter().enumerate() {
+            f("threadwarden_connections_rejected_total", vec![("reason", r)], self.connections_rejected[i].load(Relaxed));
+        }
         for (i, r) in NOTIFICATION_RESULTS.iter().enumerate() {
             f("threadwarden_crisis_notifications_total", vec![("result", r)], self.notifications[i].load(Relaxed));
         }
@@ -354,6 +368,7 @@ fn help(name: &str) -> &'static str {
         "threadwarden_evictions_total" => "Threads evicted (idle TTL or capacity).",
         "threadwarden_decision_log_dropped_total" => "Decision-log records dropped because the sink fell behind.",
         "threadwarden_policy_reloads_total" => "Policy reloads, by result.",
+        "threadwarden_connections_rejected_total" => "Connections closed by the listener, by reason (limit, handshake_timeout).",
         "threadwarden_crisis_notifications_total" => "Crisis webhook notices, by result (sent, retried, failed, dropped).",
         "threadwarden_active_threads" => "Threads held in memory.",
         "threadwarden_open_streams" => "Open Moderate streams.",

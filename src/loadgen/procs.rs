@@ -1,0 +1,239 @@
+//! The servers under test as child processes of the real binary, and what `/proc` says about
+//! them: CPU time (utime + stime) and resident memory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which server a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sidecar,
+    Echo,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sidecar => "sidecar",
+            Kind::Echo => "echo",
+        }
+    }
+}
+
+/// A server child process; killed (SIGKILL) and reaped when dropped.
+pub struct Server {
+    child: Child,
+    pub kind: Kind,
+    pub addr: String,
+    /// The admin HTTP address, when started with one (sidecar only).
+    pub admin: Option<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `bin serve` (the sidecar, decision log off) or `bin echo-server` on an ephemeral
+    /// loopback port, with a clean environment, and waits for its "serving" log line.
+    pub fn start(bin: &Path, kind: Kind, admin: bool, extra: &[String]) -> Result<Server, String> {
+        let mut cmd = Command::new(bin);
+        match kind {
+            Kind::Sidecar => {
+                cmd.args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"]);
+                if admin {
+                    cmd.args(["--admin-listen", "127.0.0.1:0"]);
+                }
+            }
+            Kind::Echo => {
+                cmd.args(["echo-server", "--listen", "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(extra)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr_pipe = child.stderr.take().expect("piped");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr_pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut s = stderr.lock().expect("stderr");
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if s.len() > 16 * 1024 {
+                        let cut = s.len() - 8 * 1024;
+                        let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+                        s.drain(..cut);
+                    }
+                }
+            });
+        }
+        // Read the log until "serving", then keep draining it so that the child never blocks.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut addr = None;
+        let mut admin_addr = None;
+        while addr.is_none() || (admin && admin_addr.is_none()) {
+            let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let err = stderr.lock().expect("stderr").clone();
+                    return Err(format!("{} did not log \"serving\": {err}", kind.name()));
+                }
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(a) = v["admin"].as_str() {
+                admin_addr = Some(a.to_string());
+            }
+            if v["message"] == "serving" {
+                addr = v["listen"].as_str().map(str::to_string);
+            }
+        }
+        Ok(Server {
+            child,
+            kind,
+            addr: addr.expect("read above"),
+            admin: admin_addr,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The tail of what it wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// A Prometheus sample from its admin port's /metrics (HTTP/1.0, no client library).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let admin = self.admin.as_ref()?;
+        let mut s = std::net::TcpStream::connect(admin).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+pub fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t: &u64| *t > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time (user + system) of a process so far, in microseconds.
+pub fn cpu_micros(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1_000_000 / clock_ticks())
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+/// The binary to start servers from: `--server-bin`, else this very executable.
+pub fn server_bin(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+            // Rebuilt while running (a shared target directory): start the new file.
+            match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+                Some(path) if !exe.exists() => Ok(PathBuf::from(path)),
+                _ => Ok(exe),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let me = std::process::id().to_string();
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_micros(&me).expect("readable") > 0);
+        assert!(rss_kib(&me).expect("readable") > 100);
+        assert!(cpu_micros("no-such-pid").is_none());
+        assert!(loadavg()[0] >= 0.0);
+    }
+}

@@ -1,0 +1,97 @@
+//! The measurement harness can't rot: `threadwarden loadgen --quick` against the real binary
+//! (the sidecar and the hidden echo server, as child processes) must answer every event and
+//! report throughput, CPU per event and a sidecar ÷ echo ratio.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
+
+#[test]
+fn quick_loadgen_measures_the_sidecar_beside_the_echo_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("report.md");
+    let out = Command::new(BIN)
+        .args([
+            "loadgen",
+            "--quick",
+            "--json",
+            "--scenarios",
+            "pipelined,unary,latency",
+        ])
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadgen failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "JSON on stdout ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let scenarios = report["scenarios"].as_array().expect("scenarios");
+    let ids: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["pipelined", "unary", "latency"]);
+    for s in scenarios {
+        let id = s["id"].as_str().unwrap();
+        let sum = &s["summary"];
+        for side in ["sidecar_events_per_sec", "echo_events_per_sec"] {
+            let v = sum[side]["median"].as_f64().unwrap_or(0.0);
+            assert!(v > 0.0, "{id}: {side} = {v}");
+        }
+        let ratio = sum["throughput_ratio"]["median"].as_f64().expect("a ratio");
+        assert!(ratio.is_finite() && ratio > 0.0, "{id}: ratio {ratio}");
+        assert_eq!(sum["failures"], 0, "{id}: {s}");
+        assert_eq!(sum["event_errors"], 0, "{id}: {s}");
+        let run = &s["runs"][0];
+        assert!(
+            run["sidecar"]["server_cpu_us_per_event"].as_f64().unwrap() > 0.0,
+            "{id}: {run}"
+        );
+        assert!(
+            run["echo"]["server_cpu_us_per_event"].as_f64().unwrap() > 0.0,
+            "{id}: {run}"
+        );
+        // The sidecar classifies: some of the corpus's harmful turns come back redirected.
+        assert!(
+            run["sidecar"]["redirects"].as_u64().unwrap() > 0,
+            "{id}: {run}"
+        );
+        assert_eq!(
+            run["echo"]["redirects"], 0,
+            "{id}: the echo server always continues"
+        );
+    }
+    let latency = &scenarios[2]["summary"];
+    assert!(latency["sidecar_p99_us"]["median"].as_f64().unwrap() > 0.0);
+    assert!(
+        latency["added_p50_us"]["median"].as_f64().is_some(),
+        "{latency}"
+    );
+    assert!(
+        report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["status"] != "not measured")
+    );
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("| 1 pipelined stream, window 1024 |") && md.contains("### Targets"),
+        "{md}"
+    );
+}
+
+#[test]
+fn loadgen_fails_on_an_unknown_scenario() {
+    let out = Command::new(BIN)
+        .args(["loadgen", "--quick", "--scenarios", "warp-speed"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
+}
