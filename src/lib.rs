@@ -4,21 +4,26 @@
 //!
 //! # Layout
 //! - [`api`]: tonic glue. Generated types, validation, domain ↔ wire conversion, the one
-//!   error-to-`Status` mapping, and the `ModerationService` implementation.
+//!   error-to-`Status` mapping, bearer-token auth, and the `ModerationService` implementation
+//!   (per-stream task, bounded in-flight answers, slow-consumer and drain handling).
 //! - [`engine`]: the request path, once: validate → classify → take the thread's entry →
 //!   `policy::decide` → encode. Shared by the gRPC service and `replay`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
 //! - [`classify`]: the built-in classifier: normaliser, weighted lexicon, intent × object rules,
-//!   benign-context suppressors. Pure.
-//! - [`crisis`]: the crisis directory (locale → country → resources) and support messages.
+//!   benign-context suppressors, and the learned n-gram model where it was adopted. Pure.
+//! - [`crisis`]: the crisis directory (locale → country → resources), support messages, and the
+//!   webhook notifier (bounded queue, retries, never on the verdict path).
 //! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction, snapshot file.
 //! - [`config`]: policy files, validation with file:line:field errors, hot reload.
-//! - [`server`]: assembling the sidecar; health, reflection, background tasks, shutdown.
-//! - [`telemetry`]: logs, wired once.
+//! - [`server`]: assembling the sidecar; health, reflection, TLS, background tasks, shutdown.
+//! - [`listener`]: the accept loop: connection cap and handshake deadline.
+//! - [`telemetry`]: logs, OTLP traces and metrics, the metrics registry and admin port, the
+//!   decision log; wired once.
 //! - [`eval`], [`train`]: measuring on labelled public data; training the learned component.
 //! - [`cli`], [`check`], [`replay`]: the command line.
 //! - [`domain`]: the vocabulary shared by `classify` and `policy`.
 //! - [`loadgen`]: the measurement harness (`threadwarden loadgen`) and its echo baseline.
+//! - [`fuzz_harness`]: invariant-checking harnesses shared by `fuzz/` and the corpus replay.
 #![forbid(unsafe_code)]
 
 pub mod api;
