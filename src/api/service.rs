@@ -206,6 +206,15 @@ fn principal<T>(request: &Request<T>) -> Principal {
         .unwrap_or_else(Principal::any)
 }
 
+/// `Ok` if `principal` may touch `tenant`'s threads; the counted PERMISSION_DENIED otherwise.
+fn check_tenant(engine: &Engine, principal: &Principal, tenant: &str) -> Result<(), EventError> {
+    if principal.allows(tenant) {
+        Ok(())
+    } else {
+        Err(tenant_denied(engine, tenant))
+    }
+}
+
 fn tenant_denied(engine: &Engine, tenant: &str) -> EventError {
     engine.metrics().error("PERMISSION_DENIED");
     EventError::PermissionDenied(format!("tenant_id {tenant:?} is not allowed for this token"))
@@ -230,11 +239,8 @@ fn respond(
             })),
         };
     };
-    let decided = if principal.allows(&event.tenant_id) {
-        decide_traced(engine, &event, call)
-    } else {
-        Err(tenant_denied(engine, &event.tenant_id))
-    };
+    let decided = check_tenant(engine, principal, &event.tenant_id)
+        .and_then(|()| decide_traced(engine, &event, call));
     let result = match decided {
         Ok(decided) => R::Verdict(decided.verdict),
         Err(e) => R::Error((&e).into()),
@@ -376,9 +382,7 @@ impl ModerationService for ModerationApi {
             self.engine.metrics().error("INVALID_ARGUMENT");
             Status::invalid_argument("event: required")
         })?;
-        if !principal.allows(&event.tenant_id) {
-            return Err(tenant_denied(&self.engine, &event.tenant_id).into());
-        }
+        check_tenant(&self.engine, &principal, &event.tenant_id)?;
         let decided = decide_traced(&self.engine, &event, &call)?;
         Ok(Response::new(pb::EvaluateResponse {
             verdict: Some(decided.verdict),
@@ -391,9 +395,7 @@ impl ModerationService for ModerationApi {
     ) -> Result<Response<pb::GetThreadResponse>, Status> {
         let principal = principal(&request);
         let req = request.into_inner();
-        if !principal.allows(&req.tenant_id) {
-            return Err(tenant_denied(&self.engine, &req.tenant_id).into());
-        }
+        check_tenant(&self.engine, &principal, &req.tenant_id)?;
         let thread = self.engine.thread(&req.tenant_id, &req.thread_id)?;
         Ok(Response::new(pb::GetThreadResponse {
             thread: Some(thread),
@@ -406,9 +408,7 @@ impl ModerationService for ModerationApi {
     ) -> Result<Response<pb::SubmitFeedbackResponse>, Status> {
         let principal = principal(&request);
         let req = request.into_inner();
-        if !principal.allows(&req.tenant_id) {
-            return Err(tenant_denied(&self.engine, &req.tenant_id).into());
-        }
+        check_tenant(&self.engine, &principal, &req.tenant_id)?;
         self.engine.feedback(&req)?;
         Ok(Response::new(pb::SubmitFeedbackResponse {}))
     }

@@ -43,6 +43,9 @@ pub enum Reason {
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 3] = [Action::Continue, Action::Redirect, Action::End];
+
     /// The stable lowercase name used in logs, metrics and replay output.
     pub fn name(self) -> &'static str {
         match self {
@@ -54,6 +57,20 @@ impl Action {
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 10] = [
+        Reason::Benign,
+        Reason::HarmfulRequest,
+        Reason::Abuse,
+        Reason::Crisis,
+        Reason::PersistentHarm,
+        Reason::PersistentAbuse,
+        Reason::UserRequested,
+        Reason::ModelRequested,
+        Reason::AlreadyEnded,
+        Reason::AssistantOutput,
+    ];
+
     /// The stable snake_case name used in logs, metrics and replay output.
     pub fn name(self) -> &'static str {
         match self {

@@ -112,26 +112,15 @@ fn unpack_snapshot(s: [u8; 3]) -> (Escalation, Flags) {
     (esc, flags)
 }
 
-const ACTIONS: [Action; 3] = [Action::Continue, Action::Redirect, Action::End];
-const REASONS: [Reason; 10] = [
-    Reason::Benign,
-    Reason::HarmfulRequest,
-    Reason::Abuse,
-    Reason::Crisis,
-    Reason::PersistentHarm,
-    Reason::PersistentAbuse,
-    Reason::UserRequested,
-    Reason::ModelRequested,
-    Reason::AlreadyEnded,
-    Reason::AssistantOutput,
-];
+const ACTIONS: [Action; 3] = Action::ALL;
+const REASONS: [Reason; 10] = Reason::ALL;
 const DENIALS: [Denial; 4] = [
     Denial::CrisisActive,
     Denial::NotWarned,
     Denial::NotPersisted,
     Denial::ConfirmationPending,
 ];
-const CRISES: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers, CrisisKind::ThirdParty];
+const CRISES: [CrisisKind; 3] = CrisisKind::ALL;
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> u64 {
     all.iter().position(|x| x == v).unwrap_or(0) as u64

@@ -13,20 +13,9 @@ use std::time::Duration;
 use crate::domain::CrisisKind;
 use crate::policy::{Action, Reason};
 
-const ACTIONS: [Action; 3] = [Action::Continue, Action::Redirect, Action::End];
-const REASONS: [Reason; 10] = [
-    Reason::Benign,
-    Reason::HarmfulRequest,
-    Reason::Abuse,
-    Reason::Crisis,
-    Reason::PersistentHarm,
-    Reason::PersistentAbuse,
-    Reason::UserRequested,
-    Reason::ModelRequested,
-    Reason::AlreadyEnded,
-    Reason::AssistantOutput,
-];
-const CRISIS: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers, CrisisKind::ThirdParty];
+const ACTIONS: [Action; 3] = Action::ALL;
+const REASONS: [Reason; 10] = Reason::ALL;
+const CRISIS: [CrisisKind; 3] = CrisisKind::ALL;
 /// Event kinds, as labelled.
 pub const EVENT_KINDS: [&str; 4] = ["user_message", "assistant_message", "fork", "confirm_end"];
 /// Error codes, as labelled (`EventError::code` plus transport-level ones).
