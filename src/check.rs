@@ -14,7 +14,13 @@ fn first_turn(scores: &Scores) -> policy::Verdict {
         rollout_hash: 0,
         kind: EventKind::User,
     };
-    policy::decide(&Policy::default(), &mut ThreadState::default(), &event, scores, 0)
+    policy::decide(
+        &Policy::default(),
+        &mut ThreadState::default(),
+        &event,
+        scores,
+        0,
+    )
 }
 
 fn signals(s: &Scores) -> [(&'static str, f32); 5] {
@@ -78,11 +84,7 @@ pub fn run(text: &str, as_json: bool) {
     } else {
         println!("rules fired:");
         for h in &ex.hits {
-            let target = h
-                .category
-                .map(Category::name)
-                .or(h.signal)
-                .unwrap_or("-");
+            let target = h.category.map(Category::name).or(h.signal).unwrap_or("-");
             let note = if h.suppressed { "  (suppressed)" } else { "" };
             println!(
                 "  {:<48} {:<26} {:>5.2}  [{}..{}]{note}",
@@ -107,7 +109,10 @@ pub fn run(text: &str, as_json: bool) {
     if !any {
         println!("  (all zero)");
     }
-    let crisis = verdict.crisis.map(|k| format!(", crisis support: {}", k.name())).unwrap_or_default();
+    let crisis = verdict
+        .crisis
+        .map(|k| format!(", crisis support: {}", k.name()))
+        .unwrap_or_default();
     println!(
         "as a first user turn: {} ({}){crisis}",
         verdict.action.name(),

@@ -142,7 +142,11 @@ pub struct ServeArgs {
     #[arg(long, env = "THREADWARDEN_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: usize,
     /// HTTP/2 streams one connection may have open at once.
-    #[arg(long, env = "THREADWARDEN_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "THREADWARDEN_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024
+    )]
     pub max_streams_per_connection: u32,
     /// Answers a stream may hold that its client has not read yet.
     #[arg(long, env = "THREADWARDEN_MAX_IN_FLIGHT", default_value_t = 64)]
@@ -287,7 +291,10 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -327,7 +334,8 @@ async fn serve_on(args: ServeArgs, config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !args.listen.ip().is_loopback() && args.tls_cert.is_none() && args.auth_token_file.is_none() {
+    if !args.listen.ip().is_loopback() && args.tls_cert.is_none() && args.auth_token_file.is_none()
+    {
         tracing::warn!(
             listen = %args.listen,
             "listening on a non-loopback address without TLS or a token: any host that can reach it can read and end threads"

@@ -79,7 +79,11 @@ pub enum CrisisKind {
 
 impl CrisisKind {
     /// Every kind, in declaration order.
-    pub const ALL: [CrisisKind; 3] = [CrisisKind::SelfHarm, CrisisKind::HarmToOthers, CrisisKind::ThirdParty];
+    pub const ALL: [CrisisKind; 3] = [
+        CrisisKind::SelfHarm,
+        CrisisKind::HarmToOthers,
+        CrisisKind::ThirdParty,
+    ];
 
     /// The stable snake_case name.
     pub fn name(self) -> &'static str {

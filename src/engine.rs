@@ -246,7 +246,9 @@ impl Engine {
         })?;
         let branch = parent.fork(fork.after_turn).map_err(|e| match e {
             ForkError::FutureTurn { .. } => EventError::invalid("fork.after_turn", e.to_string()),
-            ForkError::TooOld { .. } => EventError::FailedPrecondition(format!("fork.after_turn: {e}")),
+            ForkError::TooOld { .. } => {
+                EventError::FailedPrecondition(format!("fork.after_turn: {e}"))
+            }
         })?;
         self.store
             .insert_new(key, branch, decide.take().expect("not yet called"))
@@ -256,7 +258,11 @@ impl Engine {
     }
 
     /// The summary of a known thread.
-    pub fn thread(&self, tenant_id: &str, thread_id: &str) -> Result<pb::ThreadSummary, EventError> {
+    pub fn thread(
+        &self,
+        tenant_id: &str,
+        thread_id: &str,
+    ) -> Result<pb::ThreadSummary, EventError> {
         self.counted(self.thread_inner(tenant_id, thread_id))
     }
 
@@ -272,12 +278,18 @@ impl Engine {
         result
     }
 
-    fn thread_inner(&self, tenant_id: &str, thread_id: &str) -> Result<pb::ThreadSummary, EventError> {
+    fn thread_inner(
+        &self,
+        tenant_id: &str,
+        thread_id: &str,
+    ) -> Result<pb::ThreadSummary, EventError> {
         validate::thread_ref(tenant_id, thread_id)?;
         let state = self
             .store
             .get(ThreadKey::new(tenant_id, thread_id))
-            .ok_or_else(|| EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread")))?;
+            .ok_or_else(|| {
+                EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread"))
+            })?;
         Ok(crate::api::convert::summary_to_pb(&state.summary()))
     }
 
@@ -288,7 +300,10 @@ impl Engine {
             .store
             .with_existing(key, |s| s.summary())
             .ok_or_else(|| {
-                EventError::NotFound(format!("thread_id {:?} is not a known thread", req.thread_id))
+                EventError::NotFound(format!(
+                    "thread_id {:?} is not a known thread",
+                    req.thread_id
+                ))
             })?;
         let thumbs_up = rating == pb::Rating::ThumbsUp;
         self.sinks.metrics.feedback(thumbs_up);

@@ -51,13 +51,21 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -115,7 +123,10 @@ pub fn accept(
     limits: ConnectionLimits,
     tls: bool,
     metrics: Arc<Metrics>,
-) -> (mpsc::Receiver<io::Result<Conn>>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::Receiver<io::Result<Conn>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(128);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let task = tokio::spawn(async move {
@@ -141,7 +152,12 @@ pub fn accept(
             tokio::spawn(async move {
                 match tokio::time::timeout(deadline, opening_bytes(&io, tls)).await {
                     Ok(Ok(true)) => {
-                        let _ = conn_tx.send(Ok(Conn { io, _permit: permit })).await;
+                        let _ = conn_tx
+                            .send(Ok(Conn {
+                                io,
+                                _permit: permit,
+                            }))
+                            .await;
                     }
                     Ok(Ok(false)) | Ok(Err(_)) => {}
                     Err(_) => metrics.connection_rejected("handshake_timeout"),
@@ -164,6 +180,9 @@ mod tests {
         assert_eq!(opening_len(b"", false), Some(24));
         assert_eq!(opening_len(&[0x16, 3, 1], true), None);
         assert_eq!(opening_len(&[0x16, 3, 1, 0x01, 0x00], true), Some(5 + 256));
-        assert_eq!(opening_len(&[0x16, 3, 1, 0xff, 0xff], true), Some(5 + 16 * 1024));
+        assert_eq!(
+            opening_len(&[0x16, 3, 1, 0xff, 0xff], true),
+            Some(5 + 16 * 1024)
+        );
     }
 }

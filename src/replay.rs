@@ -221,19 +221,27 @@ pub fn run(path: &Path, policy: Option<&Path>, as_json: bool) -> Result<(), Repl
                     "harmful_turns": d.verdict.thread.as_ref().map(|t| t.harmful_turns),
                     "expect_ok": ok,
                 }),
-                Err(e) => serde_json::json!({"line": n, "thread": parsed.thread, "error": {"code": e.code(), "message": e.to_string()}, "expect_ok": ok}),
+                Err(e) => {
+                    serde_json::json!({"line": n, "thread": parsed.thread, "error": {"code": e.code(), "message": e.to_string()}, "expect_ok": ok})
+                }
             };
             println!("{out}");
             continue;
         }
-        let reason = name(summary.reason, |v| pb::Reason::try_from(v).ok().map(|r| r.as_str_name()))
-            .trim_start_matches("REASON_")
-            .to_lowercase();
+        let reason = name(summary.reason, |v| {
+            pb::Reason::try_from(v).ok().map(|r| r.as_str_name())
+        })
+        .trim_start_matches("REASON_")
+        .to_lowercase();
         let warning = summary.redirect.as_ref().is_some_and(|r| r.warning);
         let crisis = summary
             .crisis
             .as_ref()
-            .map(|c| name(c.kind, |v| pb::CrisisKind::try_from(v).ok().map(|k| k.as_str_name())))
+            .map(|c| {
+                name(c.kind, |v| {
+                    pb::CrisisKind::try_from(v).ok().map(|k| k.as_str_name())
+                })
+            })
             .unwrap_or_default()
             .trim_start_matches("CRISIS_KIND_")
             .to_lowercase();
@@ -245,7 +253,10 @@ pub fn run(path: &Path, policy: Option<&Path>, as_json: bool) -> Result<(), Repl
             notes.push_str(&format!(" [end denied: {}]", summary.end_denied_detail));
         }
         if !ok {
-            notes.push_str(&format!(" [EXPECTED {}]", parsed.expect.as_deref().unwrap_or("")));
+            notes.push_str(&format!(
+                " [EXPECTED {}]",
+                parsed.expect.as_deref().unwrap_or("")
+            ));
         }
         let text: String = parsed.text.chars().take(40).collect();
         println!(

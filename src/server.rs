@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::auth::{Auth, AuthError, Tokens};
-use crate::api::{ModerationApi, StreamLimits};
-use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
+use crate::api::{ModerationApi, StreamLimits};
 use crate::classify::Classifier;
 use crate::config::{self, ConfigError, Reloader};
+use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::crisis::{Directory, DirectoryError};
 use crate::engine::{Engine, Sinks};
 use crate::listener::{self, ConnectionLimits};
@@ -181,7 +181,11 @@ impl App {
     /// Loads and validates the policy, directory, tokens and TLS files, restores the state
     /// file, starts the crisis notifier. Call inside a tokio runtime.
     pub fn build(config: ServeConfig) -> Result<App, ServerError> {
-        let tokens = config.auth_tokens.as_deref().map(Tokens::load).transpose()?;
+        let tokens = config
+            .auth_tokens
+            .as_deref()
+            .map(Tokens::load)
+            .transpose()?;
         let tls = config.tls.as_ref().map(tls_config).transpose()?;
         let notifier = config
             .crisis_webhook
@@ -202,8 +206,9 @@ impl App {
             tracing::info!(threads = n, "state restored");
         }
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
-        let (decision_log, writer) = DecisionLog::start(&config.decision_log, config.metrics.clone())
-            .map_err(ServerError::DecisionLog)?;
+        let (decision_log, writer) =
+            DecisionLog::start(&config.decision_log, config.metrics.clone())
+                .map_err(ServerError::DecisionLog)?;
         let engine = Engine::new(
             store,
             Classifier::shared(),
@@ -280,7 +285,10 @@ impl App {
             Some(listener) => {
                 listener.set_nonblocking(true).map_err(ServerError::Admin)?;
                 let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
-                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 let router = admin::router(AdminState {
                     metrics: metrics.clone(),
                     store: store.clone(),
@@ -317,17 +325,23 @@ impl App {
             Some(listener) => {
                 listener.set_nonblocking(true).map_err(ServerError::Admin)?;
                 let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
-                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 let service = health_service.clone();
-                Some((addr, AbortOnDrop(tokio::spawn(async move {
-                    let served = tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming(TcpListenerStream::new(listener))
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "health listener failed");
-                    }
-                }))))
+                Some((
+                    addr,
+                    AbortOnDrop(tokio::spawn(async move {
+                        let served = tonic::transport::Server::builder()
+                            .add_service(service)
+                            .serve_with_incoming(TcpListenerStream::new(listener))
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "health listener failed");
+                        }
+                    })),
+                ))
             }
             None => None,
         };
@@ -365,7 +379,9 @@ impl App {
         health
             .set_serving::<ModerationServiceServer<ModerationApi>>()
             .await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = %addr, policy_version = %engine.policy().version, "serving");
         if let Some((health_addr, _)) = &_health_only {
@@ -382,7 +398,10 @@ impl App {
             }
             _ = shutdown => {}
         }
-        tracing::info!(grace_ms = config.grace.as_millis() as u64, "shutting down: draining streams");
+        tracing::info!(
+            grace_ms = config.grace.as_millis() as u64,
+            "shutting down: draining streams"
+        );
         ready.store(false, Ordering::Relaxed);
         health
             .set_not_serving::<ModerationServiceServer<ModerationApi>>()

@@ -78,9 +78,15 @@ fn a_bad_config_exits_64_before_binding() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("policy.yaml:3:") && stderr.contains("escalation.warning_turn"), "{stderr}");
+    assert!(
+        stderr.contains("policy.yaml:3:") && stderr.contains("escalation.warning_turn"),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.contains("\"serving\""), "never started serving: {stdout}");
+    assert!(
+        !stdout.contains("\"serving\""),
+        "never started serving: {stdout}"
+    );
 }
 
 #[test]
@@ -88,21 +94,43 @@ fn policy_validate_reports_ok_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, "version: v9\nmode: shadow\n").unwrap();
-    let out = Command::new(BIN).args(["policy", "validate"]).arg(&good).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (version v9)"));
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "version: v9\nmode: sometimes\n").unwrap();
-    let out = Command::new(BIN).args(["policy", "validate"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml:2:") && stderr.contains("mode"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:2:") && stderr.contains("mode"),
+        "{stderr}"
+    );
     // The built-in defaults print as a policy that validates.
-    let out = Command::new(BIN).args(["policy", "defaults"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "defaults"])
+        .output()
+        .unwrap();
     let defaults = dir.path().join("defaults.yaml");
     std::fs::write(&defaults, &out.stdout).unwrap();
-    let out = Command::new(BIN).args(["policy", "validate"]).arg(&defaults).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(&defaults)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +139,15 @@ async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
     let state = dir.path().join("state.bin");
     let state_arg = state.to_str().unwrap().to_string();
     let (mut child, addr, logs) = spawn_serve(&["--state-file", &state_arg, "--grace", "3s"]);
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     for t in 0..20 {
-        evaluate(&mut client, confirm_end(format!("e{t}"), &format!("locked-{t}"))).await;
+        evaluate(
+            &mut client,
+            confirm_end(format!("e{t}"), &format!("locked-{t}")),
+        )
+        .await;
     }
     // An open stream with events in flight when SIGTERM arrives.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -122,13 +156,23 @@ async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(pb::ModerateRequest { event: Some(user("s1", "streamed", "hello")) }).await.unwrap();
+    tx.send(pb::ModerateRequest {
+        event: Some(user("s1", "streamed", "hello")),
+    })
+    .await
+    .unwrap();
     assert!(responses.next().await.unwrap().is_ok());
     let mut health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap(),
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
     );
     let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -136,9 +180,17 @@ async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
 
     let started = Instant::now();
     sigterm(&child);
-    assert_eq!(watch.next().await.unwrap().unwrap().status, 2, "NOT_SERVING while draining");
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        2,
+        "NOT_SERVING while draining"
+    );
     // The stream still open during the drain: its events are still answered.
-    tx.send(pb::ModerateRequest { event: Some(user("s2", "streamed", "still there?")) }).await.unwrap();
+    tx.send(pb::ModerateRequest {
+        event: Some(user("s2", "streamed", "still there?")),
+    })
+    .await
+    .unwrap();
     let r = responses.next().await.unwrap().unwrap();
     assert_eq!(r.event_id, "s2");
     drop(tx);
@@ -146,26 +198,40 @@ async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
     drop(client);
     drop(health);
     drop(watch);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(5), "within the grace period (+ margin)");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "within the grace period (+ margin)"
+    );
     assert!(state.exists(), "snapshot written on shutdown");
     let logged: Vec<String> = logs.try_iter().collect();
-    assert!(logged.iter().any(|l| l.contains("snapshot written")), "{logged:?}");
+    assert!(
+        logged.iter().any(|l| l.contains("snapshot written")),
+        "{logged:?}"
+    );
 
     // Restart: every ended thread is still ended.
     let (mut child, addr, _logs) = spawn_serve(&["--state-file", &state_arg]);
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     for t in 0..20 {
-        let v = evaluate(&mut client, user(format!("r{t}"), &format!("locked-{t}"), "hello?")).await;
+        let v = evaluate(
+            &mut client,
+            user(format!("r{t}"), &format!("locked-{t}"), "hello?"),
+        )
+        .await;
         assert_eq!(reason(&v), pb::Reason::AlreadyEnded);
     }
     sigterm(&child);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-        .await
-        .unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -175,11 +241,16 @@ async fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "version: first\n").unwrap();
     let (mut child, addr, _logs) = spawn_serve(&["--config", policy.to_str().unwrap()]);
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let v = evaluate(&mut client, user("h1", "t", "hi")).await;
     assert_eq!(v.policy_version, "first");
     let hup = |child: &Child| {
-        Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap()
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
     };
     let poll = |client: &mut ModerationServiceClient<_>, want: &'static str| {
         let mut client = client.clone();
@@ -196,14 +267,22 @@ async fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_old_one() {
     };
     std::fs::write(&policy, "version: second\n").unwrap();
     hup(&child);
-    assert!(poll(&mut client, "second").await, "new version after SIGHUP");
+    assert!(
+        poll(&mut client, "second").await,
+        "new version after SIGHUP"
+    );
     std::fs::write(&policy, "version: third\nmode: sometimes\n").unwrap();
     hup(&child);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v = evaluate(&mut client, user("h-after", "t", "hi")).await;
-    assert_eq!(v.policy_version, "second", "a broken file keeps the running policy");
+    assert_eq!(
+        v.policy_version, "second",
+        "a broken file keeps the running policy"
+    );
     sigterm(&child);
-    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +305,9 @@ async fn the_health_only_listener_serves_health_and_nothing_else() {
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "threadwarden.v1.ModerationService".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "threadwarden.v1.ModerationService".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -234,20 +315,39 @@ async fn the_health_only_listener_serves_health_and_nothing_else() {
     assert_eq!(status, 1, "SERVING");
     let mut api = ModerationServiceClient::new(channel);
     let err = api
-        .evaluate(pb::EvaluateRequest { event: Some(user("x", "y", "hi")) })
+        .evaluate(pb::EvaluateRequest {
+            event: Some(user("x", "y", "hi")),
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "the API is not on the probe port");
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unimplemented,
+        "the API is not on the probe port"
+    );
     sigterm(&child);
-    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
 }
 
 async fn end_threads(addr: &str, prefix: &str, n: usize) {
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let reqs: Vec<_> = (0..n)
-        .map(|i| pb::ModerateRequest { event: Some(confirm_end(format!("{prefix}-e{i}"), &format!("{prefix}-{i}"))) })
+        .map(|i| pb::ModerateRequest {
+            event: Some(confirm_end(
+                format!("{prefix}-e{i}"),
+                &format!("{prefix}-{i}"),
+            )),
+        })
         .collect();
-    let mut stream = client.moderate(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut stream = client
+        .moderate(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
     let mut ended = 0;
     while let Some(r) = stream.next().await {
         if let Some(pb::moderate_response::Result::Verdict(v)) = r.unwrap().result {
@@ -259,11 +359,16 @@ async fn end_threads(addr: &str, prefix: &str, n: usize) {
 }
 
 async fn count_ended(addr: &str, prefix: &str, n: usize) -> usize {
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let mut ended = 0;
     for i in 0..n {
         let r = client
-            .get_thread(pb::GetThreadRequest { tenant_id: "tenant-a".into(), thread_id: format!("{prefix}-{i}") })
+            .get_thread(pb::GetThreadRequest {
+                tenant_id: "tenant-a".into(),
+                thread_id: format!("{prefix}-{i}"),
+            })
             .await;
         if r.is_ok_and(|r| r.into_inner().thread.unwrap().ended) {
             ended += 1;
@@ -277,16 +382,28 @@ async fn a_thousand_ends_survive_sigterm_and_kill9_loses_at_most_one_interval() 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.bin");
     let state_arg = state.to_str().unwrap().to_string();
-    let args = ["--state-file", state_arg.as_str(), "--snapshot-interval", "1s"];
+    let args = [
+        "--state-file",
+        state_arg.as_str(),
+        "--snapshot-interval",
+        "1s",
+    ];
 
     let (mut child, addr, _logs) = spawn_serve(&args);
     end_threads(&addr, "graceful", 1000).await;
     sigterm(&child);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
     assert_eq!(status.code(), Some(0));
 
     let (mut child, addr, _logs) = spawn_serve(&args);
-    assert_eq!(count_ended(&addr, "graceful", 1000).await, 1000, "0 lost across SIGTERM");
+    assert_eq!(
+        count_ended(&addr, "graceful", 1000).await,
+        1000,
+        "0 lost across SIGTERM"
+    );
 
     // kill -9: whatever a periodic snapshot captured survives; at most one interval is lost.
     end_threads(&addr, "snapshotted", 500).await;
@@ -298,7 +415,10 @@ async fn a_thousand_ends_survive_sigterm_and_kill9_loses_at_most_one_interval() 
         if written.is_some_and(|t| t > ended_at + Duration::from_millis(50)) {
             break;
         }
-        assert!(Instant::now() < deadline, "no periodic snapshot within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "no periodic snapshot within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     end_threads(&addr, "unsnapshotted", 100).await;
@@ -307,11 +427,20 @@ async fn a_thousand_ends_survive_sigterm_and_kill9_loses_at_most_one_interval() 
 
     let (mut child, addr, _logs) = spawn_serve(&args);
     assert_eq!(count_ended(&addr, "graceful", 1000).await, 1000);
-    assert_eq!(count_ended(&addr, "snapshotted", 500).await, 500, "older than one interval: kept");
+    assert_eq!(
+        count_ended(&addr, "snapshotted", 500).await,
+        500,
+        "older than one interval: kept"
+    );
     let recent = count_ended(&addr, "unsnapshotted", 100).await;
-    assert!(recent <= 100, "the last interval may be lost ({recent} of 100 kept)");
+    assert!(
+        recent <= 100,
+        "the last interval may be lost ({recent} of 100 kept)"
+    );
     sigterm(&child);
-    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
 }
 
 /// Starts `serve` with exactly these arguments and returns every log line up to "serving".
@@ -341,7 +470,9 @@ fn start_raw(args: &[&str]) -> (Child, Vec<serde_json::Value>) {
 #[test]
 fn a_non_loopback_listener_without_tls_or_token_logs_a_warning() {
     let warned = |lines: &[serde_json::Value]| {
-        lines.iter().any(|v| v["level"] == "WARN" && v["message"].as_str().unwrap_or("").contains("non-loopback"))
+        lines.iter().any(|v| {
+            v["level"] == "WARN" && v["message"].as_str().unwrap_or("").contains("non-loopback")
+        })
     };
     let (mut child, lines) = start_raw(&["--listen", "0.0.0.0:0", "--decision-log", "off"]);
     assert!(warned(&lines), "{lines:?}");
@@ -364,7 +495,10 @@ fn a_non_loopback_listener_without_tls_or_token_logs_a_warning() {
     wait_exit(&mut child, Duration::from_secs(15));
 
     let (mut child, lines) = start_raw(&["--listen", "127.0.0.1:0", "--decision-log", "off"]);
-    assert!(!warned(&lines), "loopback is the default and needs no warning");
+    assert!(
+        !warned(&lines),
+        "loopback is the default and needs no warning"
+    );
     sigterm(&child);
     wait_exit(&mut child, Duration::from_secs(15));
 }

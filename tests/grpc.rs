@@ -10,7 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 /// Sends `events` on one Moderate stream while reading, returns every response in order.
-async fn moderate_all(server: &TestServer, events: Vec<pb::ModerateRequest>) -> Vec<pb::ModerateResponse> {
+async fn moderate_all(
+    server: &TestServer,
+    events: Vec<pb::ModerateRequest>,
+) -> Vec<pb::ModerateResponse> {
     let mut client = server.client().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let n = events.len();
@@ -66,7 +69,10 @@ async fn hundred_interleaved_threads_on_one_stream_in_order() {
             )));
         }
     }
-    let sent_ids: Vec<String> = events.iter().map(|e| e.event.as_ref().unwrap().event_id.clone()).collect();
+    let sent_ids: Vec<String> = events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().event_id.clone())
+        .collect();
     let responses = moderate_all(&server, events).await;
     assert_eq!(responses.len(), 400, "exactly one response per event");
     let got_ids: Vec<String> = responses.iter().map(|r| r.event_id.clone()).collect();
@@ -75,9 +81,17 @@ async fn hundred_interleaved_threads_on_one_stream_in_order() {
         let round = i / 100;
         let v = verdict(r);
         assert_eq!(v.thread_id, format!("thread-{}", i % 100));
-        let want = if round < 3 { pb::Action::Redirect } else { pb::Action::End };
+        let want = if round < 3 {
+            pb::Action::Redirect
+        } else {
+            pb::Action::End
+        };
         assert_eq!(action(v), want, "event {i}");
-        assert_eq!(v.redirect.as_ref().is_some_and(|r| r.warning), round == 2, "event {i}");
+        assert_eq!(
+            v.redirect.as_ref().is_some_and(|r| r.warning),
+            round == 2,
+            "event {i}"
+        );
         assert_eq!(v.thread.unwrap().turn, round as u32 + 1);
     }
     server.shutdown().await;
@@ -121,7 +135,11 @@ async fn bad_events_get_an_error_each_and_the_stream_goes_on() {
     let expect = [
         (1, "INVALID_ARGUMENT", "thread_id: must not be empty"),
         (2, "INVALID_ARGUMENT", "payload: one of"),
-        (3, "INVALID_ARGUMENT", "signals[0].category: unknown enum value 99"),
+        (
+            3,
+            "INVALID_ARGUMENT",
+            "signals[0].category: unknown enum value 99",
+        ),
         (4, "INVALID_ARGUMENT", "signals[0].score: 7 is not a score"),
         (5, "INVALID_ARGUMENT", "event_id: must not be empty"),
         (6, "INVALID_ARGUMENT", "event: required"),
@@ -136,7 +154,11 @@ async fn bad_events_get_an_error_each_and_the_stream_goes_on() {
     }
     assert_eq!(r[2].event_id, "e3", "errors carry the event id");
     let last = verdict(&r[10]);
-    assert_eq!(last.thread.unwrap().turn, 2, "only the two good events counted");
+    assert_eq!(
+        last.thread.unwrap().turn,
+        2,
+        "only the two good events counted"
+    );
     server.shutdown().await;
 }
 
@@ -152,10 +174,15 @@ async fn oversized_text_is_classified_head_and_tail_and_flagged() {
     // Past the decoded-message limit: a clean RESOURCE_EXHAUSTED / OUT_OF_RANGE, and the server lives.
     let huge = "a".repeat(5 * 1024 * 1024);
     let err = client
-        .evaluate(pb::EvaluateRequest { event: Some(user("huge", "t-big", &huge)) })
+        .evaluate(pb::EvaluateRequest {
+            event: Some(user("huge", "t-big", &huge)),
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
     let v = evaluate(&mut client, user("after", "t-big", "still serving")).await;
     assert_eq!(action(&v), pb::Action::Continue);
     server.shutdown().await;
@@ -167,7 +194,11 @@ async fn evaluate_is_the_same_decision_unary() {
     let mut client = server.client().await;
     let mut actions = Vec::new();
     for i in 0..5 {
-        let v = evaluate(&mut client, labelled(format!("a{i}"), "abuse", pb::Category::Abuse, 0.9)).await;
+        let v = evaluate(
+            &mut client,
+            labelled(format!("a{i}"), "abuse", pb::Category::Abuse, 0.9),
+        )
+        .await;
         actions.push((action(&v), v.redirect.as_ref().is_some_and(|r| r.warning)));
         if i == 4 {
             assert_eq!(reason(&v), pb::Reason::PersistentAbuse);
@@ -194,8 +225,14 @@ async fn evaluate_is_the_same_decision_unary() {
         ]
     );
     let v = evaluate(&mut client, user("after", "abuse", "sorry, can we talk?")).await;
-    assert_eq!((action(&v), reason(&v)), (pb::Action::End, pb::Reason::AlreadyEnded));
-    let err = client.evaluate(pb::EvaluateRequest { event: None }).await.unwrap_err();
+    assert_eq!(
+        (action(&v), reason(&v)),
+        (pb::Action::End, pb::Reason::AlreadyEnded)
+    );
+    let err = client
+        .evaluate(pb::EvaluateRequest { event: None })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
@@ -210,9 +247,17 @@ async fn crisis_gets_local_resources_and_is_never_ended() {
     let crisis = v.crisis.expect("crisis support");
     assert_eq!(crisis.kind, pb::CrisisKind::SelfHarm as i32);
     assert!(!crisis.message.is_empty() && !crisis.guidance.is_empty());
-    assert!(crisis.resources.iter().any(|r| r.country == "GB"), "{:?}", crisis.resources);
+    assert!(
+        crisis.resources.iter().any(|r| r.country == "GB"),
+        "{:?}",
+        crisis.resources
+    );
     for i in 0..8 {
-        let v = evaluate(&mut client, labelled(format!("c-abuse-{i}"), "crisis", pb::Category::Abuse, 0.95)).await;
+        let v = evaluate(
+            &mut client,
+            labelled(format!("c-abuse-{i}"), "crisis", pb::Category::Abuse, 0.95),
+        )
+        .await;
         assert_ne!(action(&v), pb::Action::End);
         assert!(v.crisis.is_some(), "support stays attached to redirects");
     }
@@ -221,7 +266,10 @@ async fn crisis_gets_local_resources_and_is_never_ended() {
     assert!(v.end_denied);
     assert_eq!(v.end_denied_detail, "CRISIS_ACTIVE");
     let summary = client
-        .get_thread(pb::GetThreadRequest { tenant_id: "tenant-a".into(), thread_id: "crisis".into() })
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "crisis".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -247,7 +295,10 @@ async fn user_requested_end_with_confirmation_then_fork() {
     ask.signals.clear();
     // The caller labels nothing here; drive the end request through ConfirmEnd instead.
     let v = evaluate(&mut client, confirm_end("u4", "main")).await;
-    assert_eq!((action(&v), reason(&v)), (pb::Action::End, pb::Reason::UserRequested));
+    assert_eq!(
+        (action(&v), reason(&v)),
+        (pb::Action::End, pb::Reason::UserRequested)
+    );
     let v = evaluate(&mut client, user("u5", "main", "wait")).await;
     assert_eq!(reason(&v), pb::Reason::AlreadyEnded);
     // Edit the 1st message: a new branch from turn 1, unended.
@@ -262,12 +313,16 @@ async fn user_requested_end_with_confirmation_then_fork() {
     let v = evaluate(&mut client, fork("f1", "main-branch", "main", 1)).await;
     assert!(v.replayed);
     let err = client
-        .evaluate(pb::EvaluateRequest { event: Some(fork("f2", "main-branch", "main", 1)) })
+        .evaluate(pb::EvaluateRequest {
+            event: Some(fork("f2", "main-branch", "main", 1)),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     let err = client
-        .evaluate(pb::EvaluateRequest { event: Some(fork("f3", "b2", "main", 9)) })
+        .evaluate(pb::EvaluateRequest {
+            event: Some(fork("f3", "b2", "main", 9)),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -278,8 +333,16 @@ async fn user_requested_end_with_confirmation_then_fork() {
 async fn replayed_event_ids_are_not_counted_twice() {
     let server = start().await;
     let mut client = server.client().await;
-    let first = evaluate(&mut client, labelled("same", "idem", pb::Category::CyberAttack, 0.9)).await;
-    let again = evaluate(&mut client, labelled("same", "idem", pb::Category::CyberAttack, 0.9)).await;
+    let first = evaluate(
+        &mut client,
+        labelled("same", "idem", pb::Category::CyberAttack, 0.9),
+    )
+    .await;
+    let again = evaluate(
+        &mut client,
+        labelled("same", "idem", pb::Category::CyberAttack, 0.9),
+    )
+    .await;
     assert!(!first.replayed && again.replayed);
     assert_eq!(first.thread, again.thread);
     assert_eq!(again.thread.unwrap().harmful_turns, 1);
@@ -304,7 +367,10 @@ async fn get_thread_and_feedback() {
     let mut client = server.client().await;
     evaluate(&mut client, labelled("g1", "fb", pb::Category::Hate, 0.9)).await;
     let summary = client
-        .get_thread(pb::GetThreadRequest { tenant_id: "tenant-a".into(), thread_id: "fb".into() })
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "fb".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -313,7 +379,10 @@ async fn get_thread_and_feedback() {
     assert_eq!((summary.turn, summary.redirects), (1, 1));
     // Another tenant's view of the same thread id is a different thread.
     let err = client
-        .get_thread(pb::GetThreadRequest { tenant_id: "tenant-b".into(), thread_id: "fb".into() })
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-b".into(),
+            thread_id: "fb".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -349,7 +418,11 @@ async fn get_thread_and_feedback() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("rating: unknown enum value 42"), "{}", err.message());
+    assert!(
+        err.message().contains("rating: unknown enum value 42"),
+        "{}",
+        err.message()
+    );
     server.shutdown().await;
 }
 
@@ -366,7 +439,10 @@ async fn health_serves_and_reflection_lists_the_service() {
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -386,7 +462,10 @@ async fn health_serves_and_reflection_lists_the_service() {
         panic!("unexpected reflection response");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"threadwarden.v1.ModerationService"), "{names:?}");
+    assert!(
+        names.contains(&"threadwarden.v1.ModerationService"),
+        "{names:?}"
+    );
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     server.shutdown().await;
 }
@@ -404,7 +483,13 @@ async fn shadow_mode_from_a_policy_file() {
     let mut client = server.client().await;
     let mut last = None;
     for i in 0..4 {
-        last = Some(evaluate(&mut client, labelled(format!("s{i}"), "sh", pb::Category::ViolentExtremism, 0.9)).await);
+        last = Some(
+            evaluate(
+                &mut client,
+                labelled(format!("s{i}"), "sh", pb::Category::ViolentExtremism, 0.9),
+            )
+            .await,
+        );
     }
     let v = last.unwrap();
     assert_eq!(v.policy_version, "shadow-1");
@@ -425,7 +510,11 @@ async fn state_file_keeps_ended_threads_across_a_restart() {
     let server = start_server(config.clone()).await;
     let mut client = server.client().await;
     for t in 0..50 {
-        evaluate(&mut client, confirm_end(format!("end-{t}"), &format!("locked-{t}"))).await;
+        evaluate(
+            &mut client,
+            confirm_end(format!("end-{t}"), &format!("locked-{t}")),
+        )
+        .await;
     }
     evaluate(&mut client, user("open", "open-thread", "hello")).await;
     server.shutdown().await;
@@ -434,11 +523,18 @@ async fn state_file_keeps_ended_threads_across_a_restart() {
     let server = start_server(config).await;
     let mut client = server.client().await;
     for t in 0..50 {
-        let v = evaluate(&mut client, user(format!("again-{t}"), &format!("locked-{t}"), "hi")).await;
+        let v = evaluate(
+            &mut client,
+            user(format!("again-{t}"), &format!("locked-{t}"), "hi"),
+        )
+        .await;
         assert_eq!(reason(&v), pb::Reason::AlreadyEnded, "thread {t}");
     }
     let v = evaluate(&mut client, user("open-2", "open-thread", "hello again")).await;
-    assert_eq!((action(&v), v.thread.unwrap().turn), (pb::Action::Continue, 2));
+    assert_eq!(
+        (action(&v), v.thread.unwrap().turn),
+        (pb::Action::Continue, 2)
+    );
     server.shutdown().await;
 }
 
@@ -451,7 +547,11 @@ async fn shutdown_closes_idle_streams_with_unavailable_after_answering_everythin
     .await;
     let mut client = server.client().await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut responses = client.moderate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut responses = client
+        .moderate(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     tx.send(req(user("d1", "drain", "hello"))).await.unwrap();
     let first = responses.next().await.unwrap().unwrap();
     assert_eq!(first.thread_id, "drain", "responses carry the thread id");

@@ -57,13 +57,24 @@ async fn auth_server() -> (TestServer, tempfile::TempDir) {
 async fn missing_or_wrong_tokens_are_unauthenticated() {
     let (server, _dir) = auth_server().await;
     let mut client = server.client().await;
-    let event = pb::EvaluateRequest { event: Some(tenant_event("e", "a", "t")) };
+    let event = pb::EvaluateRequest {
+        event: Some(tenant_event("e", "a", "t")),
+    };
     let err = client.evaluate(event.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = client.evaluate(with_token(event.clone(), "token-for-tenant-a-012345678")).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated, "a near miss is still wrong");
     let err = client
-        .moderate(tokio_stream::iter(vec![pb::ModerateRequest { event: Some(tenant_event("s", "a", "t")) }]))
+        .evaluate(with_token(event.clone(), "token-for-tenant-a-012345678"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a near miss is still wrong"
+    );
+    let err = client
+        .moderate(tokio_stream::iter(vec![pb::ModerateRequest {
+            event: Some(tenant_event("s", "a", "t")),
+        }]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -71,7 +82,9 @@ async fn missing_or_wrong_tokens_are_unauthenticated() {
     // Health stays open to probes without a token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap();
     server.shutdown().await;
@@ -83,13 +96,22 @@ async fn a_token_for_one_tenant_can_neither_read_nor_write_another() {
     let mut client = server.client().await;
     // Tenant B has a thread "shared-id".
     client
-        .evaluate(with_token(pb::EvaluateRequest { event: Some(tenant_event("b1", "b", "shared-id")) }, TOKEN_B))
+        .evaluate(with_token(
+            pb::EvaluateRequest {
+                event: Some(tenant_event("b1", "b", "shared-id")),
+            },
+            TOKEN_B,
+        ))
         .await
         .unwrap();
     // Token A: writing B's threads is denied, per event on a stream, and the stream goes on.
     let reqs = vec![
-        pb::ModerateRequest { event: Some(tenant_event("a1", "b", "shared-id")) },
-        pb::ModerateRequest { event: Some(tenant_event("a2", "a", "shared-id")) },
+        pb::ModerateRequest {
+            event: Some(tenant_event("a1", "b", "shared-id")),
+        },
+        pb::ModerateRequest {
+            event: Some(tenant_event("a2", "a", "shared-id")),
+        },
     ];
     let mut stream = client
         .moderate(with_token(tokio_stream::iter(reqs), TOKEN_A))
@@ -105,10 +127,19 @@ async fn a_token_for_one_tenant_can_neither_read_nor_write_another() {
         other => panic!("expected an error, got {other:?}"),
     }
     let second = stream.next().await.unwrap().unwrap();
-    assert!(matches!(second.result, Some(pb::moderate_response::Result::Verdict(_))));
+    assert!(matches!(
+        second.result,
+        Some(pb::moderate_response::Result::Verdict(_))
+    ));
     // Reading and rating B's thread is denied too.
     let err = client
-        .get_thread(with_token(pb::GetThreadRequest { tenant_id: "b".into(), thread_id: "shared-id".into() }, TOKEN_A))
+        .get_thread(with_token(
+            pb::GetThreadRequest {
+                tenant_id: "b".into(),
+                thread_id: "shared-id".into(),
+            },
+            TOKEN_A,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -127,13 +158,24 @@ async fn a_token_for_one_tenant_can_neither_read_nor_write_another() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = client
-        .evaluate(with_token(pb::EvaluateRequest { event: Some(tenant_event("a3", "b", "x")) }, TOKEN_A))
+        .evaluate(with_token(
+            pb::EvaluateRequest {
+                event: Some(tenant_event("a3", "b", "x")),
+            },
+            TOKEN_A,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // B's thread was untouched by A's attempts: still one turn.
     let summary = client
-        .get_thread(with_token(pb::GetThreadRequest { tenant_id: "b".into(), thread_id: "shared-id".into() }, TOKEN_B))
+        .get_thread(with_token(
+            pb::GetThreadRequest {
+                tenant_id: "b".into(),
+                thread_id: "shared-id".into(),
+            },
+            TOKEN_B,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -142,7 +184,13 @@ async fn a_token_for_one_tenant_can_neither_read_nor_write_another() {
     assert_eq!(summary.turn, 1);
     // An unrestricted token reaches every tenant.
     client
-        .get_thread(with_token(pb::GetThreadRequest { tenant_id: "b".into(), thread_id: "shared-id".into() }, TOKEN_ALL))
+        .get_thread(with_token(
+            pb::GetThreadRequest {
+                tenant_id: "b".into(),
+                thread_id: "shared-id".into(),
+            },
+            TOKEN_ALL,
+        ))
         .await
         .unwrap();
     server.shutdown().await;
@@ -203,7 +251,11 @@ async fn tls_server(mtls: bool) -> (TestServer, Pki, tempfile::TempDir) {
     (server, pki, dir)
 }
 
-async fn tls_client(addr: std::net::SocketAddr, pki: &Pki, with_identity: bool) -> Result<ModerationServiceClient<Channel>, tonic::transport::Error> {
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    with_identity: bool,
+) -> Result<ModerationServiceClient<Channel>, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .domain_name("localhost");
@@ -227,7 +279,12 @@ async fn tls_serves_verified_clients_and_refuses_plaintext() {
     let plaintext = ModerationServiceClient::connect(format!("http://{}", server.addr)).await;
     let failed = match plaintext {
         Err(_) => true,
-        Ok(mut c) => c.evaluate(pb::EvaluateRequest { event: Some(user("p", "p", "x")) }).await.is_err(),
+        Ok(mut c) => c
+            .evaluate(pb::EvaluateRequest {
+                event: Some(user("p", "p", "x")),
+            })
+            .await
+            .is_err(),
     };
     assert!(failed, "plaintext must not reach a TLS listener");
     server.shutdown().await;
@@ -241,7 +298,12 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     let without = tls_client(server.addr, &pki, false).await;
     let failed = match without {
         Err(_) => true,
-        Ok(mut c) => c.evaluate(pb::EvaluateRequest { event: Some(user("m2", "mtls", "x")) }).await.is_err(),
+        Ok(mut c) => c
+            .evaluate(pb::EvaluateRequest {
+                event: Some(user("m2", "mtls", "x")),
+            })
+            .await
+            .is_err(),
     };
     assert!(failed, "no client certificate, no service");
     // A certificate from another CA is refused too.
@@ -249,7 +311,12 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     forged.ca = pki.ca.clone();
     let failed = match tls_client(server.addr, &forged, true).await {
         Err(_) => true,
-        Ok(mut c) => c.evaluate(pb::EvaluateRequest { event: Some(user("m3", "mtls", "x")) }).await.is_err(),
+        Ok(mut c) => c
+            .evaluate(pb::EvaluateRequest {
+                event: Some(user("m3", "mtls", "x")),
+            })
+            .await
+            .is_err(),
     };
     assert!(failed, "a client certificate from an unknown CA is refused");
     server.shutdown().await;
@@ -258,15 +325,24 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
 #[tokio::test]
 async fn open_streams_beyond_the_limit_are_resource_exhausted() {
     let server = start_server(ServeConfig {
-        stream_limits: StreamLimits { max_streams: 2, ..StreamLimits::default() },
+        stream_limits: StreamLimits {
+            max_streams: 2,
+            ..StreamLimits::default()
+        },
         ..ServeConfig::default()
     })
     .await;
     let mut client = server.client().await;
     let (tx1, rx1) = tokio::sync::mpsc::channel(1);
     let (tx2, rx2) = tokio::sync::mpsc::channel(1);
-    let s1 = client.moderate(tokio_stream::wrappers::ReceiverStream::new(rx1)).await.unwrap();
-    let s2 = client.moderate(tokio_stream::wrappers::ReceiverStream::new(rx2)).await.unwrap();
+    let s1 = client
+        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx1))
+        .await
+        .unwrap();
+    let s2 = client
+        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap();
     let (_tx3, rx3) = tokio::sync::mpsc::channel::<pb::ModerateRequest>(1);
     let err = client
         .moderate(tokio_stream::wrappers::ReceiverStream::new(rx3))
@@ -281,14 +357,21 @@ async fn open_streams_beyond_the_limit_are_resource_exhausted() {
     let mut reopened = None;
     for _ in 0..100 {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        if let Ok(s) = client.moderate(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        if let Ok(s) = client
+            .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
             reopened = Some((tx, s));
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (tx, s) = reopened.expect("a place is freed when a stream closes");
-    tx.send(pb::ModerateRequest { event: Some(user("r", "r", "hi")) }).await.unwrap();
+    tx.send(pb::ModerateRequest {
+        event: Some(user("r", "r", "hi")),
+    })
+    .await
+    .unwrap();
     assert!(s.into_inner().next().await.unwrap().is_ok());
     drop((tx2, s2));
     server.shutdown().await;
@@ -327,7 +410,11 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
     let sender = tokio::spawn(async move {
         for i in 0..2000 {
             let e = labelled(format!("e{i}"), "slow", pb::Category::SelfHarm, 0.9);
-            if tx.send(pb::ModerateRequest { event: Some(e) }).await.is_err() {
+            if tx
+                .send(pb::ModerateRequest { event: Some(e) })
+                .await
+                .is_err()
+            {
                 return i;
             }
         }
@@ -335,7 +422,10 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
     });
     // Wait until the server gives up on us (watch its error counter, not the clock).
     let mut waited = 0;
-    while !metrics.render().contains("threadwarden_errors_total{code=\"DEADLINE_EXCEEDED\"} 1") {
+    while !metrics
+        .render()
+        .contains("threadwarden_errors_total{code=\"DEADLINE_EXCEEDED\"} 1")
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
         assert!(waited < 200, "the slow-consumer deadline never fired");
@@ -350,7 +440,10 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
         }
     };
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(answered < 2000, "answers were bounded, not buffered without limit ({answered})");
+    assert!(
+        answered < 2000,
+        "answers were bounded, not buffered without limit ({answered})"
+    );
     sender.abort();
     // The stream's place is released.
     let mut open = String::new();
@@ -381,8 +474,16 @@ async fn the_call_timeout_does_not_cut_long_lived_streams() {
         .into_inner();
     for i in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        tx.send(pb::ModerateRequest { event: Some(user(format!("l{i}"), "long", "still here")) }).await.unwrap();
-        assert!(responses.next().await.unwrap().is_ok(), "answer {i} after {}ms", (i + 1) * 100);
+        tx.send(pb::ModerateRequest {
+            event: Some(user(format!("l{i}"), "long", "still here")),
+        })
+        .await
+        .unwrap();
+        assert!(
+            responses.next().await.unwrap().is_ok(),
+            "answer {i} after {}ms",
+            (i + 1) * 100
+        );
     }
     server.shutdown().await;
 }
@@ -405,7 +506,10 @@ async fn start_hook(hook: Hook) -> String {
                 if hook.holding.load(std::sync::atomic::Ordering::SeqCst) {
                     hook.hold.notified().await;
                 }
-                hook.bodies.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                hook.bodies
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
                 "ok"
             }
         }),
@@ -418,9 +522,11 @@ async fn start_hook(hook: Hook) -> String {
 
 fn crisis_event(id: &str, thread: &str) -> pb::ConversationEvent {
     let mut e = labelled(id, thread, pb::Category::SelfHarm, 0.9);
-    e.payload = Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage {
-        text: "zq-webhook-canary I can't go on".into(),
-    }));
+    e.payload = Some(pb::conversation_event::Payload::UserMessage(
+        pb::UserMessage {
+            text: "zq-webhook-canary I can't go on".into(),
+        },
+    ));
     e
 }
 
@@ -439,26 +545,37 @@ async fn the_crisis_webhook_gets_a_textless_notice_once_per_thread() {
     evaluate(&mut client, crisis_event("c1", "hook-thread")).await;
     evaluate(&mut client, crisis_event("c2", "hook-thread")).await;
     for _ in 0..200 {
-        if metrics.render().contains("threadwarden_crisis_notifications_total{result=\"sent\"} 1") {
+        if metrics
+            .render()
+            .contains("threadwarden_crisis_notifications_total{result=\"sent\"} 1")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let bodies = hook.bodies.lock().unwrap().clone();
-    assert_eq!(bodies.len(), 1, "one notice when the thread enters crisis: {bodies:?}");
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one notice when the thread enters crisis: {bodies:?}"
+    );
     let b = &bodies[0];
     assert_eq!(b["kind"], "self_harm");
     assert_eq!(b["locale"], "en-GB");
     assert_eq!(b["thread"].as_str().unwrap().len(), 16);
     let text = b.to_string();
-    assert!(!text.contains("canary") && !text.contains("hook-thread"), "{text}");
+    assert!(
+        !text.contains("canary") && !text.contains("hook-thread"),
+        "{text}"
+    );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_stuck_webhook_never_delays_verdicts_and_overflow_is_counted() {
     let hook = Hook::default();
-    hook.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+    hook.holding
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let url = start_hook(hook.clone()).await;
     let metrics = Arc::new(Metrics::default());
     let server = start_server(ServeConfig {
@@ -475,10 +592,17 @@ async fn a_stuck_webhook_never_delays_verdicts_and_overflow_is_counted() {
     let mut client = server.client().await;
     // Every verdict returns while the webhook is still holding its first request.
     for i in 0..20 {
-        let v = evaluate(&mut client, crisis_event(&format!("c{i}"), &format!("t{i}"))).await;
+        let v = evaluate(
+            &mut client,
+            crisis_event(&format!("c{i}"), &format!("t{i}")),
+        )
+        .await;
         assert!(v.crisis.is_some());
     }
-    assert!(hook.bodies.lock().unwrap().is_empty(), "the webhook has answered nothing yet");
+    assert!(
+        hook.bodies.lock().unwrap().is_empty(),
+        "the webhook has answered nothing yet"
+    );
     let text = metrics.render();
     let dropped: u64 = text
         .lines()
@@ -522,8 +646,14 @@ async fn a_dead_webhook_is_retried_with_backoff_then_counted_failed() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(text.contains("threadwarden_crisis_notifications_total{result=\"failed\"} 1"), "{text}");
-    assert!(text.contains("threadwarden_crisis_notifications_total{result=\"retried\"} 2"), "{text}");
+    assert!(
+        text.contains("threadwarden_crisis_notifications_total{result=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("threadwarden_crisis_notifications_total{result=\"retried\"} 2"),
+        "{text}"
+    );
     server.shutdown().await;
 }
 
@@ -553,16 +683,26 @@ async fn half_open_and_surplus_connections_are_closed_and_counted() {
     // A 5th connection is over the cap: closed at once.
     let mut surplus = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), surplus.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), surplus.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "closed, not served: {n:?}");
     // The half-open ones are closed at the handshake deadline, freeing their places.
     for s in &mut half_open {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap();
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
     let text = metrics.render();
-    assert!(text.contains("threadwarden_connections_rejected_total{reason=\"handshake_timeout\"} 3"), "{text}");
-    assert!(text.contains("threadwarden_connections_rejected_total{reason=\"limit\"} 1"), "{text}");
+    assert!(
+        text.contains("threadwarden_connections_rejected_total{reason=\"handshake_timeout\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("threadwarden_connections_rejected_total{reason=\"limit\"} 1"),
+        "{text}"
+    );
     // Their places are free again: new clients connect and are served.
     let mut again = server.client().await;
     evaluate(&mut again, user("c2", "conn", "hello again")).await;

@@ -85,7 +85,13 @@ struct Sidecar {
 
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> Sidecar {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "debug,h2=warn,hyper=warn,tower=warn,tonic=warn")
@@ -108,7 +114,11 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Sidecar {
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut addr, mut admin) = (None, None);
     while addr.is_none() || admin.is_none() {
-        assert!(Instant::now() < deadline, "server did not start: {:?}", lines.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "server did not start: {:?}",
+            lines.lock().unwrap()
+        );
         for line in lines.lock().unwrap().iter() {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
                 if v["message"] == "serving" {
@@ -160,13 +170,19 @@ fn parse(text: &str) -> Vec<(String, f64)> {
         if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "bad line {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "bad line {line:?}"
+        );
         let (series, value) = line.rsplit_once(' ').expect("series value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name {name:?}"
         );
         samples.push((series.to_string(), value));
@@ -184,7 +200,9 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
 
 /// Drives every RPC with the canary in every text field.
 async fn drive(addr: &str, with_trace: bool) {
-    let mut client = ModerationServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let text = format!("{CANARY} please help");
     let mut req = tonic::Request::new(pb::EvaluateRequest {
         event: Some(user("t-1", "traced", &text)),
@@ -199,22 +217,38 @@ async fn drive(addr: &str, with_trace: bool) {
     // Escalation to an END, a crisis routing, a denied model end, a bad event.
     let mut events = Vec::new();
     for i in 0..4 {
-        let mut e = labelled(format!("s{i}"), "severe", pb::Category::IndiscriminateWeapons, 0.95);
-        e.payload = Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage { text: format!("{text} {i}") }));
+        let mut e = labelled(
+            format!("s{i}"),
+            "severe",
+            pb::Category::IndiscriminateWeapons,
+            0.95,
+        );
+        e.payload = Some(pb::conversation_event::Payload::UserMessage(
+            pb::UserMessage {
+                text: format!("{text} {i}"),
+            },
+        ));
         events.push(e);
     }
     let mut crisis = labelled("c1", "crisis", pb::Category::SelfHarm, 0.9);
-    crisis.payload = Some(pb::conversation_event::Payload::UserMessage(pb::UserMessage { text: text.clone() }));
+    crisis.payload = Some(pb::conversation_event::Payload::UserMessage(
+        pb::UserMessage { text: text.clone() },
+    ));
     events.push(crisis);
     let mut model_end = assistant("m1", "crisis", true, true);
-    model_end.payload = Some(pb::conversation_event::Payload::AssistantMessage(pb::AssistantMessage {
-        text: text.clone(),
-        refused: true,
-        end_conversation_requested: true,
-    }));
+    model_end.payload = Some(pb::conversation_event::Payload::AssistantMessage(
+        pb::AssistantMessage {
+            text: text.clone(),
+            refused: true,
+            end_conversation_requested: true,
+        },
+    ));
     events.push(model_end);
     events.push(user("", "bad", &text));
-    let reqs: Vec<_> = events.into_iter().map(|e| pb::ModerateRequest { event: Some(e) }).collect();
+    let reqs: Vec<_> = events
+        .into_iter()
+        .map(|e| pb::ModerateRequest { event: Some(e) })
+        .collect();
     let mut stream = client
         .moderate(tokio_stream::iter(reqs))
         .await
@@ -246,13 +280,15 @@ async fn drive(addr: &str, with_trace: bool) {
 }
 
 fn attr(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<String> {
-    kvs.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        _ => None,
-    })
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::BoolValue(b) => Some(b.to_string()),
+            Value::IntValue(i) => Some(i.to_string()),
+            Value::DoubleValue(d) => Some(d.to_string()),
+            _ => None,
+        })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -281,8 +317,13 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         ],
     );
     let before = parse(&scrape(&sidecar.admin));
-    assert_eq!(sample(&before, "threadwarden_events_total{kind=\"user_message\"}"), 0.0);
-    let ready = ureq::get(&format!("http://{}/readyz", sidecar.admin)).call().unwrap();
+    assert_eq!(
+        sample(&before, "threadwarden_events_total{kind=\"user_message\"}"),
+        0.0
+    );
+    let ready = ureq::get(&format!("http://{}/readyz", sidecar.admin))
+        .call()
+        .unwrap();
     assert_eq!(ready.status(), 200);
 
     drive(&sidecar.addr, true).await;
@@ -290,19 +331,63 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
     // Prometheus: the counters moved with the traffic.
     let metrics_text = scrape(&sidecar.admin);
     let after = parse(&metrics_text);
-    assert_eq!(sample(&after, "threadwarden_events_total{kind=\"user_message\"}"), 6.0);
-    assert_eq!(sample(&after, "threadwarden_events_total{kind=\"assistant_message\"}"), 1.0);
-    assert_eq!(sample(&after, "threadwarden_verdicts_total{action=\"end\",reason=\"persistent_harm\",enforced=\"true\"}"), 1.0);
-    assert_eq!(sample(&after, "threadwarden_ends_total{reason=\"persistent_harm\"}"), 1.0);
+    assert_eq!(
+        sample(&after, "threadwarden_events_total{kind=\"user_message\"}"),
+        6.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "threadwarden_events_total{kind=\"assistant_message\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "threadwarden_verdicts_total{action=\"end\",reason=\"persistent_harm\",enforced=\"true\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "threadwarden_ends_total{reason=\"persistent_harm\"}"
+        ),
+        1.0
+    );
     assert_eq!(sample(&after, "threadwarden_warnings_total"), 1.0);
-    assert!(sample(&after, "threadwarden_crisis_routings_total{kind=\"self_harm\"}") >= 2.0);
-    assert_eq!(sample(&after, "threadwarden_feedback_total{rating=\"thumbs_down\"}"), 1.0);
-    assert_eq!(sample(&after, "threadwarden_errors_total{code=\"INVALID_ARGUMENT\"}"), 1.0);
+    assert!(
+        sample(
+            &after,
+            "threadwarden_crisis_routings_total{kind=\"self_harm\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "threadwarden_feedback_total{rating=\"thumbs_down\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "threadwarden_errors_total{code=\"INVALID_ARGUMENT\"}"
+        ),
+        1.0
+    );
     assert_eq!(sample(&after, "threadwarden_active_threads"), 3.0);
-    assert_eq!(sample(&after, "threadwarden_decision_duration_seconds_count"), 7.0);
+    assert_eq!(
+        sample(&after, "threadwarden_decision_duration_seconds_count"),
+        7.0
+    );
     assert_eq!(sample(&after, "threadwarden_open_streams"), 0.0);
     for (series, _) in &after {
-        assert!(!series.contains("thread_id") && !series.contains("tenant"), "{series}");
+        assert!(
+            !series.contains("thread_id") && !series.contains("tenant"),
+            "{series}"
+        );
     }
     dashboard_queries_use_exported_metrics(&after);
 
@@ -312,7 +397,9 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         assert!(Instant::now() < deadline, "no OTLP metrics arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar))
+        .await
+        .unwrap();
 
     // OTLP traces: one span per event, joined to the caller's trace, with the decision on it.
     let traces = receiver.traces.lock().unwrap().clone();
@@ -320,8 +407,14 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         .iter()
         .flat_map(|t| &t.resource_spans)
         .flat_map(|rs| {
-            let service = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name"));
-            let env = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "deployment.environment"));
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "service.name"));
+            let env = rs
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "deployment.environment"));
             assert_eq!(service.as_deref(), Some("tw-under-test"));
             assert_eq!(env.as_deref(), Some("ci"));
             rs.scope_spans.iter().flat_map(|ss| ss.spans.clone())
@@ -333,18 +426,35 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         .find(|s| hex(&s.trace_id) == TRACE_ID)
         .expect("the Evaluate span joined the caller's trace");
     assert_eq!(hex(&traced.parent_span_id), PARENT_SPAN);
-    assert_eq!(attr(&traced.attributes, "verdict.action").as_deref(), Some("continue"));
+    assert_eq!(
+        attr(&traced.attributes, "verdict.action").as_deref(),
+        Some("continue")
+    );
     let end = spans
         .iter()
         .find(|s| attr(&s.attributes, "verdict.reason").as_deref() == Some("persistent_harm"))
         .expect("the END span");
-    assert_eq!(attr(&end.attributes, "verdict.action").as_deref(), Some("end"));
-    assert_eq!(attr(&end.attributes, "verdict.categories").as_deref(), Some("indiscriminate_weapons"));
+    assert_eq!(
+        attr(&end.attributes, "verdict.action").as_deref(),
+        Some("end")
+    );
+    assert_eq!(
+        attr(&end.attributes, "verdict.categories").as_deref(),
+        Some("indiscriminate_weapons")
+    );
     assert!(attr(&end.attributes, "decision.latency_us").is_some());
     let hash = attr(&end.attributes, "thread.hash").unwrap();
     assert_eq!(hash.len(), 16, "a keyed hash, never the thread id");
-    assert!(spans.iter().any(|s| attr(&s.attributes, "crisis.kind").as_deref() == Some("self_harm")));
-    assert!(spans.iter().any(|s| attr(&s.attributes, "error.code").as_deref() == Some("INVALID_ARGUMENT")));
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(&s.attributes, "crisis.kind").as_deref() == Some("self_harm"))
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(&s.attributes, "error.code").as_deref() == Some("INVALID_ARGUMENT"))
+    );
 
     // OTLP metrics, with the same names minus `_total`.
     let metric_requests = receiver.metrics.lock().unwrap().clone();
@@ -355,7 +465,12 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         .flat_map(|sm| &sm.metrics)
         .map(|m| m.name.clone())
         .collect();
-    for want in ["threadwarden_events", "threadwarden_verdicts", "threadwarden_ends", "threadwarden_active_threads"] {
+    for want in [
+        "threadwarden_events",
+        "threadwarden_verdicts",
+        "threadwarden_ends",
+        "threadwarden_active_threads",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 
@@ -365,18 +480,31 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| records.iter().find(|r| pred(r)).cloned();
+    let find =
+        |pred: &dyn Fn(&serde_json::Value) -> bool| records.iter().find(|r| pred(r)).cloned();
     let end = find(&|r| r["action"] == "end").expect("END record");
     assert_eq!(end["event_id"], "s3");
     assert_eq!(end["reason"], "persistent_harm");
-    assert_eq!(end["thread"].as_str().unwrap(), hash, "same keyed hash in traces and decision log");
-    assert!(end["categories"]["indiscriminate_weapons"].as_f64().unwrap() > 0.9);
+    assert_eq!(
+        end["thread"].as_str().unwrap(),
+        hash,
+        "same keyed hash in traces and decision log"
+    );
+    assert!(
+        end["categories"]["indiscriminate_weapons"]
+            .as_f64()
+            .unwrap()
+            > 0.9
+    );
     assert!(end["policy_version"].is_string());
     assert!(find(&|r| r["warning"] == true).is_some());
     assert!(find(&|r| r["crisis"] == "self_harm").is_some());
     assert!(find(&|r| r["end_denied"] == "CRISIS_ACTIVE").is_some());
     let feedback = find(&|r| r["record"] == "feedback").expect("feedback record");
-    assert_eq!((feedback["event_id"].as_str(), feedback["rating"].as_str()), (Some("s3"), Some("thumbs_down")));
+    assert_eq!(
+        (feedback["event_id"].as_str(), feedback["rating"].as_str()),
+        (Some("s3"), Some("thumbs_down"))
+    );
     assert_eq!(feedback["thread"], end["thread"]);
 
     // Privacy: the canary is in no log line, span, metric, decision record or state file.
@@ -384,20 +512,40 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
     assert!(all_logs.contains("\"serving\""), "logs were captured");
     assert!(!all_logs.contains(CANARY), "canary in logs");
     assert!(!format!("{traces:?}").contains(CANARY), "canary in traces");
-    assert!(!format!("{metric_requests:?}").contains(CANARY), "canary in OTLP metrics");
+    assert!(
+        !format!("{metric_requests:?}").contains(CANARY),
+        "canary in OTLP metrics"
+    );
     assert!(!metrics_text.contains(CANARY), "canary in /metrics");
-    assert!(!std::fs::read_to_string(&decisions).unwrap().contains(CANARY), "canary in the decision log");
+    assert!(
+        !std::fs::read_to_string(&decisions)
+            .unwrap()
+            .contains(CANARY),
+        "canary in the decision log"
+    );
     let state_bytes = std::fs::read(&state).unwrap();
-    assert!(!state_bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "canary in the state file");
+    assert!(
+        !state_bytes
+            .windows(CANARY.len())
+            .any(|w| w == CANARY.as_bytes()),
+        "canary in the state file"
+    );
     for id in ["traced", "severe", "crisis"] {
-        assert!(!all_logs.contains(&format!("\"{id}\"")), "raw thread id {id} in logs");
+        assert!(
+            !all_logs.contains(&format!("\"{id}\"")),
+            "raw thread id {id} in logs"
+        );
     }
 }
 
 /// Every metric the Grafana dashboard queries is in a live scrape.
 fn dashboard_queries_use_exported_metrics(scraped: &[(String, f64)]) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/threadwarden.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/threadwarden.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let names: std::collections::HashSet<&str> = scraped
         .iter()
         .map(|(s, _)| s.split('{').next().unwrap())
@@ -413,7 +561,11 @@ fn dashboard_queries_use_exported_metrics(scraped: &[(String, f64)]) {
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .unwrap_or(tail.len());
                 let metric = &tail[..end];
-                assert!(names.contains(metric), "panel {:?} queries {metric}, which is not exported", panel["title"]);
+                assert!(
+                    names.contains(metric),
+                    "panel {:?} queries {metric}, which is not exported",
+                    panel["title"]
+                );
                 checked += 1;
                 rest = &tail[end..];
             }
@@ -429,24 +581,40 @@ async fn content_logging_when_enabled_puts_text_in_the_decision_log_only() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "version: content-on\nlog_content: true\n").unwrap();
     let sidecar = spawn(
-        &["--decision-log", decisions.to_str().unwrap(), "--config", policy.to_str().unwrap()],
+        &[
+            "--decision-log",
+            decisions.to_str().unwrap(),
+            "--config",
+            policy.to_str().unwrap(),
+        ],
         &[],
     );
     drive(&sidecar.addr, false).await;
-    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar))
+        .await
+        .unwrap();
     let text = std::fs::read_to_string(&decisions).unwrap();
-    assert!(text.contains(CANARY), "the opt-in puts text in decision records");
+    assert!(
+        text.contains(CANARY),
+        "the opt-in puts text in decision records"
+    );
     assert!(!logs.join("\n").contains(CANARY), "but never in logs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_otlp_endpoint_nothing_is_exported_and_nothing_fails() {
     let sidecar = spawn(&["--decision-log", "off"], &[]);
-    let mut client = ModerationServiceClient::connect(format!("http://{}", sidecar.addr)).await.unwrap();
+    let mut client = ModerationServiceClient::connect(format!("http://{}", sidecar.addr))
+        .await
+        .unwrap();
     let v = evaluate(&mut client, user("x", "y", "hello")).await;
     assert_eq!(action(&v), pb::Action::Continue);
-    let ok = ureq::get(&format!("http://{}/healthz", sidecar.admin)).call().unwrap();
+    let ok = ureq::get(&format!("http://{}/healthz", sidecar.admin))
+        .call()
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let logs = tokio::task::spawn_blocking(move || stop(sidecar)).await.unwrap();
+    let logs = tokio::task::spawn_blocking(move || stop(sidecar))
+        .await
+        .unwrap();
     assert!(!logs.iter().any(|l| l.contains("OTLP")), "{logs:?}");
 }

@@ -88,14 +88,20 @@ impl Tokens {
         };
         let file: TokenFile = serde_yaml::from_str(yaml).map_err(|e| invalid(e.to_string()))?;
         if file.tokens.is_empty() {
-            return Err(invalid("no tokens: remove --auth-token-file to disable auth".into()));
+            return Err(invalid(
+                "no tokens: remove --auth-token-file to disable auth".into(),
+            ));
         }
         let mut entries = Vec::with_capacity(file.tokens.len());
         for (i, t) in file.tokens.into_iter().enumerate() {
             if t.token.len() < 16 {
-                return Err(invalid(format!("tokens[{i}].token: shorter than 16 characters")));
+                return Err(invalid(format!(
+                    "tokens[{i}].token: shorter than 16 characters"
+                )));
             }
-            let tenants = t.tenants.map(|v| Arc::new(v.into_iter().collect::<HashSet<_>>()));
+            let tenants = t
+                .tenants
+                .map(|v| Arc::new(v.into_iter().collect::<HashSet<_>>()));
             entries.push((digest(&t.token), Principal { tenants }));
         }
         Ok(Tokens {
@@ -149,7 +155,10 @@ impl tonic::service::Interceptor for Auth {
                     .metadata()
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    });
                 match presented.and_then(|t| tokens.authenticate(t.trim())) {
                     Some(p) => p,
                     None => {
@@ -181,17 +190,26 @@ mod tests {
         assert!(a.allows("a") && !a.allows("b"));
         let any = t.authenticate("bbbbbbbbbbbbbbbbbbbb").unwrap();
         assert!(any.allows("a") && any.allows("zzz"));
-        assert!(t.authenticate("aaaaaaaaaaaaaaaaaaa").is_none(), "a prefix is not the token");
+        assert!(
+            t.authenticate("aaaaaaaaaaaaaaaaaaa").is_none(),
+            "a prefix is not the token"
+        );
         assert!(t.authenticate("").is_none());
     }
 
     #[test]
     fn bad_token_files_are_rejected_with_the_path() {
-        let e = Tokens::parse("tokens: []\n", "t.yaml").unwrap_err().to_string();
+        let e = Tokens::parse("tokens: []\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.yaml: no tokens"), "{e}");
-        let e = Tokens::parse("tokens:\n  - {token: short}\n", "t.yaml").unwrap_err().to_string();
+        let e = Tokens::parse("tokens:\n  - {token: short}\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tokens[0].token: shorter than 16"), "{e}");
-        let e = Tokens::parse("tokenz: []\n", "t.yaml").unwrap_err().to_string();
+        let e = Tokens::parse("tokenz: []\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.yaml: ") && e.contains("tokenz"), "{e}");
     }
 }

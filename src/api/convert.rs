@@ -174,7 +174,10 @@ pub fn verdict_to_pb(v: &Verdict, d: &Dress<'_>) -> pb::Verdict {
         shadow_action: action_to_pb(v.shadow_action) as i32,
         end_confirmation_required: v.end_confirmation_required,
         end_denied: v.end_denied.is_some(),
-        end_denied_detail: v.end_denied.map(|d| d.code().to_string()).unwrap_or_default(),
+        end_denied_detail: v
+            .end_denied
+            .map(|d| d.code().to_string())
+            .unwrap_or_default(),
         policy_version: d.policy.version.clone(),
         truncated: v.truncated,
         replayed: v.replayed,

@@ -104,7 +104,10 @@ fn decide_traced(
             span.record("verdict.categories", categories.join(",").as_str());
             span.record("crisis.kind", v.crisis.map(|k| k.name()).unwrap_or("none"));
             span.record("decision.latency_us", d.decide_time.as_secs_f64() * 1e6);
-            span.record("classification.latency_us", d.classify_time.as_secs_f64() * 1e6);
+            span.record(
+                "classification.latency_us",
+                d.classify_time.as_secs_f64() * 1e6,
+            );
             span.record("policy.version", d.verdict.policy_version.as_str());
         }
         Err(e) => {
@@ -165,7 +168,11 @@ pub struct ModerationApi {
 
 impl ModerationApi {
     /// The service for `engine`; `draining` turns true when shutdown begins.
-    pub fn new(engine: Arc<Engine>, limits: StreamLimits, draining: watch::Receiver<bool>) -> ModerationApi {
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: StreamLimits,
+        draining: watch::Receiver<bool>,
+    ) -> ModerationApi {
         ModerationApi {
             engine,
             limits,
@@ -184,7 +191,9 @@ async fn next_request(
 ) -> Result<Option<Result<pb::ModerateRequest, Status>>, ()> {
     loop {
         if *draining.borrow() {
-            return tokio::time::timeout(drain_idle, inbound.next()).await.map_err(|_| ());
+            return tokio::time::timeout(drain_idle, inbound.next())
+                .await
+                .map_err(|_| ());
         }
         tokio::select! {
             item = inbound.next() => return Ok(item),
@@ -217,7 +226,9 @@ fn check_tenant(engine: &Engine, principal: &Principal, tenant: &str) -> Result<
 
 fn tenant_denied(engine: &Engine, tenant: &str) -> EventError {
     engine.metrics().error("PERMISSION_DENIED");
-    EventError::PermissionDenied(format!("tenant_id {tenant:?} is not allowed for this token"))
+    EventError::PermissionDenied(format!(
+        "tenant_id {tenant:?} is not allowed for this token"
+    ))
 }
 
 /// Decides one stream request; a bad event becomes an `EventError` for that event alone.
@@ -327,7 +338,8 @@ impl ModerationService for ModerationApi {
         tokio::spawn(async move {
             let _slot = slot;
             loop {
-                let item = match next_request(&mut inbound, &mut draining, limits.drain_idle).await {
+                let item = match next_request(&mut inbound, &mut draining, limits.drain_idle).await
+                {
                     Ok(Some(item)) => item,
                     Ok(None) => return,
                     Err(()) => {
@@ -347,7 +359,9 @@ impl ModerationService for ModerationApi {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                     Err(mpsc::error::TrySendError::Full(out)) => {
-                        match tokio::time::timeout(limits.slow_consumer_deadline, tx.send(out)).await {
+                        match tokio::time::timeout(limits.slow_consumer_deadline, tx.send(out))
+                            .await
+                        {
                             Ok(Ok(())) => true,
                             Ok(Err(_)) => false,
                             Err(_) => {

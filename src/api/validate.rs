@@ -27,7 +27,10 @@ pub fn category(field: &str, value: i32) -> Result<Category, EventError> {
     match pb::Category::try_from(value) {
         Ok(pb::Category::Unspecified) => Err(EventError::invalid(field, "must be set")),
         Ok(c) => Ok(super::convert::category_from_pb(c)),
-        Err(_) => Err(EventError::invalid(field, format!("unknown enum value {value}"))),
+        Err(_) => Err(EventError::invalid(
+            field,
+            format!("unknown enum value {value}"),
+        )),
     }
 }
 
@@ -45,7 +48,10 @@ pub fn event(
     if event.signals.len() > MAX_SIGNALS {
         return Err(EventError::invalid(
             "signals",
-            format!("{} signals; the limit is {MAX_SIGNALS}", event.signals.len()),
+            format!(
+                "{} signals; the limit is {MAX_SIGNALS}",
+                event.signals.len()
+            ),
         ));
     }
     for (i, s) in event.signals.iter().enumerate() {
@@ -85,9 +91,7 @@ pub fn merge_signals(scores: &mut Scores, signals: &[pb::Signal]) {
             // A caller's self-harm or harm-to-others label is a crisis signal in its own right.
             match c {
                 Category::SelfHarm => scores.crisis_self = scores.crisis_self.max(s.score),
-                Category::HarmToOthers => {
-                    scores.crisis_others = scores.crisis_others.max(s.score)
-                }
+                Category::HarmToOthers => scores.crisis_others = scores.crisis_others.max(s.score),
                 _ => {}
             }
         }

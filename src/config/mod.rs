@@ -153,7 +153,9 @@ impl Reloader {
     }
 
     fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.path).and_then(|m| m.modified()).ok()
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     /// Runs until the task is dropped.
@@ -230,19 +232,30 @@ mod tests {
         let e = parse_policy("version: v1\nthresholdz: {}\n", "p.yaml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("p.yaml:2:") && e.contains("thresholdz"), "{e}");
+        assert!(
+            e.starts_with("p.yaml:2:") && e.contains("thresholdz"),
+            "{e}"
+        );
 
         let e = parse_policy("version: v1\nthresholds:\n  crisis: 1.5\n", "p.yaml")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "p.yaml:3: thresholds.crisis: 1.5 is not a score between 0 and 1");
+        assert_eq!(
+            e,
+            "p.yaml:3: thresholds.crisis: 1.5 is not a score between 0 and 1"
+        );
 
-        let e = parse_policy("categories:\n  nonsense: {tier: severe, threshold: 0.5}\n", "p.yaml")
-            .unwrap_err()
-            .to_string();
+        let e = parse_policy(
+            "categories:\n  nonsense: {tier: severe, threshold: 0.5}\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("p.yaml:2:") && e.contains("nonsense"), "{e}");
 
-        let e = parse_policy("version: [unclosed\n", "p.yaml").unwrap_err().to_string();
+        let e = parse_policy("version: [unclosed\n", "p.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.yaml:"), "{e}");
     }
 

@@ -74,10 +74,13 @@ pub struct NotifierError {
 impl Notifier {
     /// Starts the worker task (call inside a tokio runtime).
     pub fn start(config: NotifierConfig, metrics: Arc<Metrics>) -> Result<Notifier, NotifierError> {
-        let uri: hyper::Uri = config.url.parse().map_err(|e: hyper::http::uri::InvalidUri| NotifierError {
-            url: config.url.clone(),
-            message: e.to_string(),
-        })?;
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| NotifierError {
+                url: config.url.clone(),
+                message: e.to_string(),
+            })?;
         if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
             return Err(NotifierError {
                 url: config.url.clone(),
@@ -97,7 +100,12 @@ impl Notifier {
     }
 }
 
-async fn worker(config: NotifierConfig, uri: hyper::Uri, mut rx: mpsc::Receiver<Notice>, metrics: Arc<Metrics>) {
+async fn worker(
+    config: NotifierConfig,
+    uri: hyper::Uri,
+    mut rx: mpsc::Receiver<Notice>,
+    metrics: Arc<Metrics>,
+) {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -122,7 +130,10 @@ async fn worker(config: NotifierConfig, uri: hyper::Uri, mut rx: mpsc::Receiver<
         for attempt in 1..=config.attempts.max(1) {
             let request = hyper::Request::post(uri.clone())
                 .header(hyper::header::CONTENT_TYPE, "application/json")
-                .header(hyper::header::USER_AGENT, concat!("threadwarden/", env!("CARGO_PKG_VERSION")))
+                .header(
+                    hyper::header::USER_AGENT,
+                    concat!("threadwarden/", env!("CARGO_PKG_VERSION")),
+                )
                 .body(Full::new(Bytes::from(body.clone())));
             let Ok(request) = request else { break };
             let outcome = tokio::time::timeout(config.timeout, client.request(request)).await;
@@ -132,7 +143,11 @@ async fn worker(config: NotifierConfig, uri: hyper::Uri, mut rx: mpsc::Receiver<
                     break;
                 }
                 Ok(Ok(response)) => {
-                    tracing::warn!(status = response.status().as_u16(), attempt, "crisis webhook refused the notice");
+                    tracing::warn!(
+                        status = response.status().as_u16(),
+                        attempt,
+                        "crisis webhook refused the notice"
+                    );
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, attempt, "crisis webhook unreachable"),
                 Err(_) => tracing::warn!(attempt, "crisis webhook timed out"),

@@ -300,7 +300,10 @@ impl Policy {
         unit("thresholds.third_party", t.third_party)?;
         unit("thresholds.end_request", t.end_request)?;
         unit("thresholds.affirmation", t.affirmation)?;
-        unit("assistant_output.threshold", self.assistant_output.threshold)?;
+        unit(
+            "assistant_output.threshold",
+            self.assistant_output.threshold,
+        )?;
         let mut rules = Category::ALL.map(default_rule);
         for (category, rule) in &self.categories {
             let field = format!("categories.{}", category.name());
@@ -308,10 +311,16 @@ impl Policy {
             // The crisis exemption is not configurable away: these categories never END.
             let crisis_only = matches!(category, Category::SelfHarm | Category::HarmToOthers);
             if crisis_only && rule.tier != Tier::Crisis {
-                return Err(err(format!("{field}.tier"), "must be `crisis`: never ended"));
+                return Err(err(
+                    format!("{field}.tier"),
+                    "must be `crisis`: never ended",
+                ));
             }
             if !crisis_only && rule.tier == Tier::Crisis {
-                return Err(err(format!("{field}.tier"), "only self_harm and harm_to_others"));
+                return Err(err(
+                    format!("{field}.tier"),
+                    "only self_harm and harm_to_others",
+                ));
             }
             rules[category.index()] = *rule;
         }

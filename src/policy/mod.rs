@@ -217,7 +217,11 @@ pub fn decide(
             end_requested,
         } => assistant_turn(policy, state, scores, refused, end_requested),
         EventKind::Fork => Verdict {
-            reason: if state.crisis_kind().is_some() { Reason::Crisis } else { Reason::Benign },
+            reason: if state.crisis_kind().is_some() {
+                Reason::Crisis
+            } else {
+                Reason::Benign
+            },
             ..Verdict::default()
         },
         EventKind::ConfirmEnd => confirm_end(state),
@@ -361,7 +365,11 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
     flags.set(Flags::LAST_HARMFUL);
     verdict.action = Action::Redirect;
     verdict.category = Some(category);
-    let base_reason = if category == Category::Abuse { Reason::Abuse } else { Reason::HarmfulRequest };
+    let base_reason = if category == Category::Abuse {
+        Reason::Abuse
+    } else {
+        Reason::HarmfulRequest
+    };
     match tier {
         Tier::RedirectOnly => {
             verdict.reason = base_reason;
@@ -433,7 +441,8 @@ fn assistant_turn(
             Some(Denial::ConfirmationPending)
         } else if !flags.has(Flags::WARNED) {
             Some(Denial::NotWarned)
-        } else if flags.has(Flags::WARNED_THIS_TURN) || !(refused || flags.has(Flags::LAST_HARMFUL)) {
+        } else if flags.has(Flags::WARNED_THIS_TURN) || !(refused || flags.has(Flags::LAST_HARMFUL))
+        {
             Some(Denial::NotPersisted)
         } else {
             None

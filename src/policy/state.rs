@@ -254,7 +254,9 @@ impl ThreadState {
 
     /// The oldest turn a fork can start from (0 is always possible).
     fn oldest_forkable(&self) -> u32 {
-        (self.turn + 1).saturating_sub(u32::from(self.history_len)).max(1)
+        (self.turn + 1)
+            .saturating_sub(u32::from(self.history_len))
+            .max(1)
     }
 
     /// A new branch from this thread's state as of `after_turn`, unended, inheriting crisis.
@@ -299,7 +301,11 @@ mod tests {
 
     #[test]
     fn thread_state_stays_compact() {
-        assert!(std::mem::size_of::<ThreadState>() <= 72, "{}", std::mem::size_of::<ThreadState>());
+        assert!(
+            std::mem::size_of::<ThreadState>() <= 72,
+            "{}",
+            std::mem::size_of::<ThreadState>()
+        );
     }
 
     #[test]
@@ -312,7 +318,13 @@ mod tests {
         let mut flags = Flags::default();
         flags.set(Flags::WARNED | Flags::LAST_HARMFUL | Flags::ENDED);
         let (e, f) = unpack_snapshot(pack_snapshot(esc, flags));
-        assert_eq!(e, Escalation { redirects: SNAPSHOT_MAX, ..esc });
+        assert_eq!(
+            e,
+            Escalation {
+                redirects: SNAPSHOT_MAX,
+                ..esc
+            }
+        );
         assert_eq!(f, Flags(Flags::WARNED | Flags::LAST_HARMFUL));
     }
 
@@ -320,9 +332,21 @@ mod tests {
     fn decisions_round_trip_for_every_value() {
         for action in ACTIONS {
             for reason in REASONS {
-                for denial in [None, Some(Denial::ConfirmationPending), Some(Denial::CrisisActive)] {
-                    for crisis in [None, Some(CrisisKind::ThirdParty), Some(CrisisKind::SelfHarm)] {
-                        for category in [None, Some(Category::HarmToOthers), Some(Category::ChildSexualExploitation)] {
+                for denial in [
+                    None,
+                    Some(Denial::ConfirmationPending),
+                    Some(Denial::CrisisActive),
+                ] {
+                    for crisis in [
+                        None,
+                        Some(CrisisKind::ThirdParty),
+                        Some(CrisisKind::SelfHarm),
+                    ] {
+                        for category in [
+                            None,
+                            Some(Category::HarmToOthers),
+                            Some(Category::ChildSexualExploitation),
+                        ] {
                             let v = Verdict {
                                 action,
                                 shadow_action: Action::End,

@@ -115,7 +115,9 @@ fn severe_request_is_warned_on_third_and_ended_on_fourth() {
 #[test]
 fn elevated_request_is_warned_on_fourth_and_ended_on_fifth() {
     let mut t = Thread::new();
-    let v: Vec<_> = (0..5).map(|_| t.user(harm(Category::CyberAttack, 0.9))).collect();
+    let v: Vec<_> = (0..5)
+        .map(|_| t.user(harm(Category::CyberAttack, 0.9)))
+        .collect();
     assert_eq!(
         actions(&v),
         vec![
@@ -131,10 +133,15 @@ fn elevated_request_is_warned_on_fourth_and_ended_on_fifth() {
 #[test]
 fn persistent_abuse_ends_with_its_own_reason() {
     let mut t = Thread::new();
-    let v: Vec<_> = (0..5).map(|_| t.user(harm(Category::Abuse, 0.95))).collect();
+    let v: Vec<_> = (0..5)
+        .map(|_| t.user(harm(Category::Abuse, 0.95)))
+        .collect();
     assert_eq!(v[0].reason, Reason::Abuse);
     assert!(v[3].warning);
-    assert_eq!((v[4].action, v[4].reason), (Action::End, Reason::PersistentAbuse));
+    assert_eq!(
+        (v[4].action, v[4].reason),
+        (Action::End, Reason::PersistentAbuse)
+    );
 }
 
 #[test]
@@ -213,9 +220,15 @@ fn crisis_is_sticky_and_blocks_every_end() {
     let v = t.user(end_request());
     assert_eq!(v.end_denied, Some(Denial::CrisisActive));
     let v = t.send(EventKind::ConfirmEnd, benign());
-    assert_eq!((v.action, v.end_denied), (Action::Continue, Some(Denial::CrisisActive)));
+    assert_eq!(
+        (v.action, v.end_denied),
+        (Action::Continue, Some(Denial::CrisisActive))
+    );
     let v = t.assistant(true, true);
-    assert_eq!((v.action, v.end_denied), (Action::Continue, Some(Denial::CrisisActive)));
+    assert_eq!(
+        (v.action, v.end_denied),
+        (Action::Continue, Some(Denial::CrisisActive))
+    );
     assert!(t.state.summary().crisis_active);
     // Decay does not clear crisis.
     for _ in 0..10 {
@@ -273,7 +286,10 @@ fn harm_to_others_intent_is_crisis() {
 fn user_end_request_needs_confirmation() {
     let mut t = Thread::new();
     let v = t.user(end_request());
-    assert_eq!((v.action, v.reason), (Action::Continue, Reason::UserRequested));
+    assert_eq!(
+        (v.action, v.reason),
+        (Action::Continue, Reason::UserRequested)
+    );
     assert!(v.end_confirmation_required);
     let v = t.user(yes());
     assert_eq!((v.action, v.reason), (Action::End, Reason::UserRequested));
@@ -309,7 +325,10 @@ fn model_end_is_denied_before_a_warning() {
     let mut t = Thread::new();
     t.user(harm(Category::IndiscriminateWeapons, 0.9));
     let v = t.assistant(true, true);
-    assert_eq!((v.action, v.end_denied), (Action::Continue, Some(Denial::NotWarned)));
+    assert_eq!(
+        (v.action, v.end_denied),
+        (Action::Continue, Some(Denial::NotWarned))
+    );
     assert_eq!(v.reason, Reason::ModelRequested);
 }
 
@@ -353,10 +372,18 @@ fn assistant_refusal_counts_but_never_double_counts() {
     let mut t = Thread::new();
     t.user(harm(Category::CyberAttack, 0.9));
     t.assistant(true, false);
-    assert_eq!(t.state.summary().harmful_turns, 1, "same turn, counted once");
+    assert_eq!(
+        t.state.summary().harmful_turns,
+        1,
+        "same turn, counted once"
+    );
     t.user(benign());
     t.assistant(true, false);
-    assert_eq!(t.state.summary().harmful_turns, 2, "a refusal our classifier missed");
+    assert_eq!(
+        t.state.summary().harmful_turns,
+        2,
+        "a refusal our classifier missed"
+    );
     t.assistant(true, false);
     assert_eq!(t.state.summary().harmful_turns, 2);
 }
@@ -385,7 +412,10 @@ fn harmful_assistant_output_is_redirected_and_not_counted() {
         },
         harm(Category::IndiscriminateWeapons, 0.9),
     );
-    assert_eq!((v.action, v.reason), (Action::Redirect, Reason::AssistantOutput));
+    assert_eq!(
+        (v.action, v.reason),
+        (Action::Redirect, Reason::AssistantOutput)
+    );
     assert_eq!(t.state.summary().harmful_turns, 0);
     let v = t.send(
         EventKind::Assistant {
@@ -394,7 +424,11 @@ fn harmful_assistant_output_is_redirected_and_not_counted() {
         },
         harm(Category::Hate, 0.9),
     );
-    assert_eq!(v.action, Action::Continue, "hate is not in the output list by default");
+    assert_eq!(
+        v.action,
+        Action::Continue,
+        "hate is not in the output list by default"
+    );
 }
 
 #[test]
@@ -422,11 +456,25 @@ fn ended_thread_stays_locked_and_unchanged() {
 #[test]
 fn replayed_event_returns_the_same_verdict_and_counts_once() {
     let mut t = Thread::new();
-    let first = t.send_id(77, EventKind::User, harm(Category::IndiscriminateWeapons, 0.9));
+    let first = t.send_id(
+        77,
+        EventKind::User,
+        harm(Category::IndiscriminateWeapons, 0.9),
+    );
     let state = t.state.clone();
-    let again = t.send_id(77, EventKind::User, harm(Category::IndiscriminateWeapons, 0.9));
+    let again = t.send_id(
+        77,
+        EventKind::User,
+        harm(Category::IndiscriminateWeapons, 0.9),
+    );
     assert!(again.replayed);
-    assert_eq!(Verdict { replayed: false, ..again }, first);
+    assert_eq!(
+        Verdict {
+            replayed: false,
+            ..again
+        },
+        first
+    );
     assert_eq!(t.state, state);
 }
 
@@ -471,7 +519,13 @@ fn fork_errors() {
             latest: 40
         })
     );
-    assert_eq!(t.state.fork(32), Err(ForkError::TooOld { after: 32, oldest: 33 }));
+    assert_eq!(
+        t.state.fork(32),
+        Err(ForkError::TooOld {
+            after: 32,
+            oldest: 33
+        })
+    );
     assert!(matches!(t.state.fork(3), Err(ForkError::TooOld { .. })));
     assert!(t.state.fork(40).is_ok());
     assert!(t.state.fork(33).is_ok());
@@ -498,9 +552,15 @@ fn shadow_mode_caps_at_redirect_and_reports_the_real_action() {
         .map(|_| t.user(harm(Category::IndiscriminateWeapons, 0.9)))
         .collect();
     assert!(v.iter().all(|v| !v.enforced));
-    assert_eq!((v[3].action, v[3].shadow_action), (Action::Redirect, Action::End));
+    assert_eq!(
+        (v[3].action, v[3].shadow_action),
+        (Action::Redirect, Action::End)
+    );
     assert_eq!(v[3].reason, Reason::PersistentHarm);
-    assert_eq!((v[4].action, v[4].shadow_action), (Action::Redirect, Action::End));
+    assert_eq!(
+        (v[4].action, v[4].shadow_action),
+        (Action::Redirect, Action::End)
+    );
     let v = t.user(benign());
     assert_eq!((v.action, v.shadow_action), (Action::Continue, Action::End));
 }
@@ -516,7 +576,10 @@ fn models_outside_the_enablement_list_are_not_enforced() {
     let mut t = Thread::with(policy);
     t.model = "claude-sonnet-4";
     let v = t.user(harm(Category::IndiscriminateWeapons, 0.9));
-    assert_eq!((v.action, v.shadow_action, v.enforced), (Action::Continue, Action::Redirect, false));
+    assert_eq!(
+        (v.action, v.shadow_action, v.enforced),
+        (Action::Continue, Action::Redirect, false)
+    );
     t.model = "claude-opus-4-1";
     let v = t.user(harm(Category::IndiscriminateWeapons, 0.9));
     assert_eq!((v.action, v.enforced), (Action::Redirect, true));
@@ -561,7 +624,10 @@ fn policy_validation_names_the_field() {
         categories,
         ..Policy::default()
     };
-    assert_eq!(bad.compile().unwrap_err().field, "categories.self_harm.tier");
+    assert_eq!(
+        bad.compile().unwrap_err().field,
+        "categories.self_harm.tier"
+    );
 }
 
 #[test]
@@ -581,7 +647,11 @@ mod properties {
     #[derive(Clone, Debug)]
     enum Step {
         User(Scores),
-        Assistant { refused: bool, end: bool, scores: Scores },
+        Assistant {
+            refused: bool,
+            end: bool,
+            scores: Scores,
+        },
         Confirm,
         Replay(usize),
     }
@@ -621,7 +691,11 @@ mod properties {
         for (i, step) in steps.iter().enumerate() {
             let (id, kind, scores, replay) = match step {
                 Step::User(s) => (i as u64 + 1, EventKind::User, *s, false),
-                Step::Assistant { refused, end, scores } => (
+                Step::Assistant {
+                    refused,
+                    end,
+                    scores,
+                } => (
                     i as u64 + 1,
                     EventKind::Assistant {
                         refused: *refused,
@@ -630,7 +704,12 @@ mod properties {
                     *scores,
                     false,
                 ),
-                Step::Confirm => (i as u64 + 1, EventKind::ConfirmEnd, Scores::default(), false),
+                Step::Confirm => (
+                    i as u64 + 1,
+                    EventKind::ConfirmEnd,
+                    Scores::default(),
+                    false,
+                ),
                 Step::Replay(k) if !sent.is_empty() => {
                     let (id, kind, scores) = sent[sent.len() - 1 - k % sent.len().min(2)];
                     (id, kind, scores, true)

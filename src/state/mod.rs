@@ -31,7 +31,10 @@ impl ThreadKey {
     /// cannot collide by moving bytes between the two ids. Two one-shot hashes, no buffer.
     pub fn new(tenant: &str, thread: &str) -> ThreadKey {
         let seed = xxhash_rust::xxh3::xxh3_64(tenant.as_bytes());
-        ThreadKey(xxhash_rust::xxh3::xxh3_128_with_seed(thread.as_bytes(), seed))
+        ThreadKey(xxhash_rust::xxh3::xxh3_128_with_seed(
+            thread.as_bytes(),
+            seed,
+        ))
     }
 
     /// A stable 64-bit hash, for rollout buckets.
@@ -202,7 +205,11 @@ impl ThreadStore {
         let now = self.now();
         let before = self.shared.map.len();
         self.shared.map.retain(|_, s| {
-            let limit = if s.ended() || s.crisis_kind().is_some() { locked_ttl } else { ttl };
+            let limit = if s.ended() || s.crisis_kind().is_some() {
+                locked_ttl
+            } else {
+                ttl
+            };
             now.saturating_sub(s.last_active) <= limit
         });
         let evicted = before.saturating_sub(self.shared.map.len());

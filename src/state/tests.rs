@@ -62,7 +62,10 @@ async fn the_sweeper_evicts_on_its_own_and_stops_with_its_guard() {
     drop(guard);
     touch(&s, ThreadKey(2));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(s.get(ThreadKey(2)).is_some(), "no sweeper after the guard dropped");
+    assert!(
+        s.get(ThreadKey(2)).is_some(),
+        "no sweeper after the guard dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,7 +87,10 @@ async fn over_capacity_evicts_least_recent_and_keeps_locked_threads() {
     assert_eq!(evicted, 80 - 64 + 1);
     assert!(s.len() < 64);
     assert!(s.get(ThreadKey(0)).is_some(), "locked thread kept");
-    assert!(s.get(ThreadKey(1)).is_none(), "oldest ordinary thread evicted");
+    assert!(
+        s.get(ThreadKey(1)).is_none(),
+        "oldest ordinary thread evicted"
+    );
     assert!(s.get(ThreadKey(79)).is_some(), "newest kept");
 }
 
@@ -102,7 +108,10 @@ async fn snapshot_round_trip_keeps_ended_threads() {
         });
     }
     assert_eq!(s.snapshot_to(&path).unwrap(), 500);
-    assert!(!path.with_extension("tmp").exists(), "temp file renamed away");
+    assert!(
+        !path.with_extension("tmp").exists(),
+        "temp file renamed away"
+    );
     let restored = store(1000, 3600);
     assert_eq!(restored.restore_from(&path).unwrap(), 500);
     for i in 0..500u128 {
@@ -131,6 +140,12 @@ fn corrupt_snapshots_are_rejected_with_the_path() {
 fn insert_new_refuses_a_taken_key() {
     let s = store(10, 10);
     touch(&s, ThreadKey(5));
-    assert_eq!(s.insert_new(ThreadKey(5), ThreadState::default(), |_| ()), Err(AlreadyExists));
-    assert_eq!(s.insert_new(ThreadKey(6), ThreadState::default(), |st| st.turn), Ok(0));
+    assert_eq!(
+        s.insert_new(ThreadKey(5), ThreadState::default(), |_| ()),
+        Err(AlreadyExists)
+    );
+    assert_eq!(
+        s.insert_new(ThreadKey(6), ThreadState::default(), |st| st.turn),
+        Ok(0)
+    );
 }

@@ -42,12 +42,18 @@ impl DecisionLog {
     }
 
     /// Opens the sink and starts the writer thread.
-    pub fn start(sink: &Sink, metrics: Arc<Metrics>) -> std::io::Result<(DecisionLog, DecisionLogWriter)> {
+    pub fn start(
+        sink: &Sink,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(DecisionLog, DecisionLogWriter)> {
         let out: Box<dyn Write + Send> = match sink {
             Sink::Off => return Ok((DecisionLog::off(metrics), DecisionLogWriter(None))),
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::File(path) => Box::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
             ),
         };
         let (tx, rx) = sync_channel(QUEUE);

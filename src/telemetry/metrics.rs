@@ -248,9 +248,16 @@ impl Metrics {
     }
 
     /// Visits every counter sample as (metric, labels, value); gauges via `gauges`.
-    pub fn counters(&self, mut f: impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
+    pub fn counters(
+        &self,
+        mut f: impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64),
+    ) {
         for (i, k) in EVENT_KINDS.iter().enumerate() {
-            f("threadwarden_events_total", vec![("kind", k)], self.events[i].load(Relaxed));
+            f(
+                "threadwarden_events_total",
+                vec![("kind", k)],
+                self.events[i].load(Relaxed),
+            );
         }
         for a in ACTIONS {
             for r in REASONS {
@@ -273,36 +280,90 @@ impl Metrics {
         }
         for r in REASONS {
             let v = self.ends[reason_index(r)].load(Relaxed);
-            if v > 0 || matches!(r, Reason::PersistentHarm | Reason::PersistentAbuse | Reason::UserRequested | Reason::ModelRequested) {
+            if v > 0
+                || matches!(
+                    r,
+                    Reason::PersistentHarm
+                        | Reason::PersistentAbuse
+                        | Reason::UserRequested
+                        | Reason::ModelRequested
+                )
+            {
                 f("threadwarden_ends_total", vec![("reason", r.name())], v);
             }
         }
-        f("threadwarden_warnings_total", vec![], self.warnings.load(Relaxed));
+        f(
+            "threadwarden_warnings_total",
+            vec![],
+            self.warnings.load(Relaxed),
+        );
         for k in CRISIS {
-            f("threadwarden_crisis_routings_total", vec![("kind", k.name())], self.crisis[crisis_index(k)].load(Relaxed));
+            f(
+                "threadwarden_crisis_routings_total",
+                vec![("kind", k.name())],
+                self.crisis[crisis_index(k)].load(Relaxed),
+            );
         }
         for (i, r) in RATINGS.iter().enumerate() {
-            f("threadwarden_feedback_total", vec![("rating", r)], self.feedback[i].load(Relaxed));
+            f(
+                "threadwarden_feedback_total",
+                vec![("rating", r)],
+                self.feedback[i].load(Relaxed),
+            );
         }
         for (i, c) in ERROR_CODES.iter().enumerate() {
-            f("threadwarden_errors_total", vec![("code", c)], self.errors[i].load(Relaxed));
+            f(
+                "threadwarden_errors_total",
+                vec![("code", c)],
+                self.errors[i].load(Relaxed),
+            );
         }
-        f("threadwarden_evictions_total", vec![], self.evictions.load(Relaxed));
-        f("threadwarden_decision_log_dropped_total", vec![], self.decision_log_dropped.load(Relaxed));
-        f("threadwarden_policy_reloads_total", vec![("result", "ok")], self.reloads[0].load(Relaxed));
-        f("threadwarden_policy_reloads_total", vec![("result", "rejected")], self.reloads[1].load(Relaxed));
+        f(
+            "threadwarden_evictions_total",
+            vec![],
+            self.evictions.load(Relaxed),
+        );
+        f(
+            "threadwarden_decision_log_dropped_total",
+            vec![],
+            self.decision_log_dropped.load(Relaxed),
+        );
+        f(
+            "threadwarden_policy_reloads_total",
+            vec![("result", "ok")],
+            self.reloads[0].load(Relaxed),
+        );
+        f(
+            "threadwarden_policy_reloads_total",
+            vec![("result", "rejected")],
+            self.reloads[1].load(Relaxed),
+        );
         for (i, r) in CONNECTION_REJECTIONS.iter().enumerate() {
-            f("threadwarden_connections_rejected_total", vec![("reason", r)], self.connections_rejected[i].load(Relaxed));
+            f(
+                "threadwarden_connections_rejected_total",
+                vec![("reason", r)],
+                self.connections_rejected[i].load(Relaxed),
+            );
         }
         for (i, r) in NOTIFICATION_RESULTS.iter().enumerate() {
-            f("threadwarden_crisis_notifications_total", vec![("result", r)], self.notifications[i].load(Relaxed));
+            f(
+                "threadwarden_crisis_notifications_total",
+                vec![("result", r)],
+                self.notifications[i].load(Relaxed),
+            );
         }
     }
 
     /// Visits every gauge sample as (metric, value).
     pub fn gauges(&self, mut f: impl FnMut(&'static str, f64)) {
-        f("threadwarden_active_threads", self.active_threads.load(Relaxed) as f64);
-        f("threadwarden_open_streams", self.open_streams.load(Relaxed) as f64);
+        f(
+            "threadwarden_active_threads",
+            self.active_threads.load(Relaxed) as f64,
+        );
+        f(
+            "threadwarden_open_streams",
+            self.open_streams.load(Relaxed) as f64,
+        );
         f("threadwarden_snapshot_age_seconds", self.snapshot_age());
     }
 
@@ -324,7 +385,11 @@ impl Metrics {
             }
         });
         self.gauges(|name, value| {
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} gauge\n{name} {value}", help(name));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} gauge\n{name} {value}",
+                help(name)
+            );
         });
         self.decision.render(
             &mut out,
@@ -349,19 +414,29 @@ fn help(name: &str) -> &'static str {
     match name {
         "threadwarden_events_total" => "Events received, by kind.",
         "threadwarden_verdicts_total" => "Verdicts sent, by action, reason and whether enforced.",
-        "threadwarden_ends_total" => "Threads ended (or that shadow mode would have ended), by reason.",
+        "threadwarden_ends_total" => {
+            "Threads ended (or that shadow mode would have ended), by reason."
+        }
         "threadwarden_warnings_total" => "Redirects that carried the warning.",
         "threadwarden_crisis_routings_total" => "Verdicts that carried crisis support, by kind.",
         "threadwarden_feedback_total" => "Feedback received, by rating.",
         "threadwarden_errors_total" => "Events or calls rejected, by stable reason code.",
         "threadwarden_evictions_total" => "Threads evicted (idle TTL or capacity).",
-        "threadwarden_decision_log_dropped_total" => "Decision-log records dropped because the sink fell behind.",
+        "threadwarden_decision_log_dropped_total" => {
+            "Decision-log records dropped because the sink fell behind."
+        }
         "threadwarden_policy_reloads_total" => "Policy reloads, by result.",
-        "threadwarden_connections_rejected_total" => "Connections closed by the listener, by reason (limit, handshake_timeout).",
-        "threadwarden_crisis_notifications_total" => "Crisis webhook notices, by result (sent, retried, failed, dropped).",
+        "threadwarden_connections_rejected_total" => {
+            "Connections closed by the listener, by reason (limit, handshake_timeout)."
+        }
+        "threadwarden_crisis_notifications_total" => {
+            "Crisis webhook notices, by result (sent, retried, failed, dropped)."
+        }
         "threadwarden_active_threads" => "Threads held in memory.",
         "threadwarden_open_streams" => "Open Moderate streams.",
-        "threadwarden_snapshot_age_seconds" => "Seconds since the last state snapshot (-1: none yet).",
+        "threadwarden_snapshot_age_seconds" => {
+            "Seconds since the last state snapshot (-1: none yet)."
+        }
         _ => "",
     }
 }
@@ -400,14 +475,23 @@ mod tests {
             replayed: false,
         };
         m.decided(&r);
-        m.decided(&DecisionRecord { replayed: true, ..r });
+        m.decided(&DecisionRecord {
+            replayed: true,
+            ..r
+        });
         m.error("NOT_FOUND");
         m.decision.observe(Duration::from_micros(3));
         let text = m.render();
         assert!(text.contains("threadwarden_verdicts_total{action=\"end\",reason=\"persistent_harm\",enforced=\"true\"} 2"), "{text}");
-        assert!(text.contains("threadwarden_ends_total{reason=\"persistent_harm\"} 1"), "replays are not new ENDs");
+        assert!(
+            text.contains("threadwarden_ends_total{reason=\"persistent_harm\"} 1"),
+            "replays are not new ENDs"
+        );
         assert!(text.contains("threadwarden_errors_total{code=\"NOT_FOUND\"} 1"));
-        assert!(text.contains("threadwarden_decision_duration_seconds_bucket{le=\"0.000005\"} 1"), "{text}");
+        assert!(
+            text.contains("threadwarden_decision_duration_seconds_bucket{le=\"0.000005\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("threadwarden_decision_duration_seconds_count 1"));
     }
 }

@@ -130,7 +130,10 @@ pub fn init(target: LogTarget, otlp: &OtlpConfig, metrics: Option<Arc<Metrics>>)
             }
         },
     };
-    let _ = tracing_subscriber::registry().with(fmt).with(otel_layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel_layer)
+        .try_init();
     if let Some(endpoint) = &otlp.endpoint {
         tracing::info!(endpoint = %endpoint, "exporting traces and metrics over OTLP");
     }

@@ -71,11 +71,20 @@ pub fn event(id: impl Into<String>, thread: &str, payload: Payload) -> pb::Conve
 }
 
 pub fn user(id: impl Into<String>, thread: &str, text: &str) -> pb::ConversationEvent {
-    event(id, thread, Payload::UserMessage(pb::UserMessage { text: text.into() }))
+    event(
+        id,
+        thread,
+        Payload::UserMessage(pb::UserMessage { text: text.into() }),
+    )
 }
 
 /// A user message labelled by the caller's own classifier (independent of ours).
-pub fn labelled(id: impl Into<String>, thread: &str, category: pb::Category, score: f32) -> pb::ConversationEvent {
+pub fn labelled(
+    id: impl Into<String>,
+    thread: &str,
+    category: pb::Category,
+    score: f32,
+) -> pb::ConversationEvent {
     let mut e = user(id, thread, "(text withheld in this test)");
     e.signals.push(pb::Signal {
         category: category as i32,
@@ -85,7 +94,12 @@ pub fn labelled(id: impl Into<String>, thread: &str, category: pb::Category, sco
     e
 }
 
-pub fn assistant(id: impl Into<String>, thread: &str, refused: bool, end: bool) -> pb::ConversationEvent {
+pub fn assistant(
+    id: impl Into<String>,
+    thread: &str,
+    refused: bool,
+    end: bool,
+) -> pb::ConversationEvent {
     event(
         id,
         thread,
@@ -101,7 +115,12 @@ pub fn confirm_end(id: impl Into<String>, thread: &str) -> pb::ConversationEvent
     event(id, thread, Payload::ConfirmEnd(pb::ConfirmEnd {}))
 }
 
-pub fn fork(id: impl Into<String>, thread: &str, parent: &str, after_turn: u32) -> pb::ConversationEvent {
+pub fn fork(
+    id: impl Into<String>,
+    thread: &str,
+    parent: &str,
+    after_turn: u32,
+) -> pb::ConversationEvent {
     event(
         id,
         thread,
