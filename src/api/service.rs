@@ -56,6 +56,9 @@ fn decide_traced(
     event: &pb::ConversationEvent,
     call: &CallTrace,
 ) -> Result<Decided, EventError> {
+    if !telemetry::event_spans() {
+        return engine.decide(event);
+    }
     let span = tracing::info_span!(
         target: EVENT_TARGET,
         "threadwarden.decide",

@@ -83,14 +83,17 @@ struct Mark {
     at: Instant,
     snap: Snap,
     server_cpu_us: Option<u64>,
+    server_sys_us: Option<u64>,
     client_cpu_us: Option<u64>,
 }
 
 fn mark(counters: &Counters, server_pid: Option<u32>) -> Mark {
+    let server = server_pid.and_then(|p| procs::cpu_split(&p.to_string()));
     Mark {
         at: Instant::now(),
         snap: counters.snap(),
-        server_cpu_us: server_pid.and_then(|p| procs::cpu_micros(&p.to_string())),
+        server_cpu_us: server.map(|(u, s)| u + s),
+        server_sys_us: server.map(|(_, s)| s),
         client_cpu_us: procs::cpu_micros("self"),
     }
 }
@@ -154,6 +157,8 @@ pub struct Measured {
     pub server_cpu_us_per_event: Option<f64>,
     /// Server CPU use in the window, in cores.
     pub server_cores: Option<f64>,
+    /// Share of the server's CPU time spent in the kernel (system time).
+    pub server_sys_share: Option<f64>,
     /// The load generator's own CPU per event (it shares the machine).
     pub client_cpu_us_per_event: Option<f64>,
     pub server_rss_kib: Option<u64>,
@@ -193,6 +198,17 @@ impl Measured {
             server_cpu_us_per_event: per_event(a.server_cpu_us, b.server_cpu_us),
             server_cores: match (a.server_cpu_us, b.server_cpu_us) {
                 (Some(x), Some(y)) => Some((y - x) as f64 / 1e6 / secs.max(1e-9)),
+                _ => None,
+            },
+            server_sys_share: match (
+                a.server_cpu_us,
+                b.server_cpu_us,
+                a.server_sys_us,
+                b.server_sys_us,
+            ) {
+                (Some(c0), Some(c1), Some(s0), Some(s1)) if c1 > c0 => {
+                    Some((s1 - s0) as f64 / (c1 - c0) as f64)
+                }
                 _ => None,
             },
             client_cpu_us_per_event: per_event(a.client_cpu_us, b.client_cpu_us),

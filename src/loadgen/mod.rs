@@ -461,6 +461,11 @@ pub struct Report {
     pub corpus: serde_json::Value,
     /// The built-in classifier's cost per event of this corpus, measured in this process, µs.
     pub classifier_us_per_event: f64,
+    /// The classifier's cost per event used in the CPU budget: criterion's `classify/*/SIZE`
+    /// medians weighted by the corpus's harmful share when they were given, else the above.
+    pub classifier_budget_us: f64,
+    /// Where `classifier_budget_us` comes from.
+    pub classifier_budget_source: String,
     pub scenarios: Vec<ScenarioResult>,
     pub criterion: Vec<report::Bench>,
     pub targets: Vec<report::Target>,
@@ -484,6 +489,36 @@ pub fn classifier_cost(corpus: &Corpus, budget: Duration) -> f64 {
         passes.push(t.elapsed().as_secs_f64() * 1e6 / texts.len() as f64);
     }
     Spread::of(passes).map_or(f64::NAN, |s| s.median)
+}
+
+/// The classifier's microbenchmark cost for this corpus: criterion's `classify/benign/SIZE` and
+/// `classify/harmful/SIZE` medians weighted by the harmful share (built-in corpus, fixed size).
+fn classifier_budget(
+    criterion: &[report::Bench],
+    args: &LoadgenArgs,
+    harmful_share: f64,
+) -> Option<(f64, String)> {
+    let Size::Fixed(size) = args.size else {
+        return None;
+    };
+    if args.corpus.is_some() {
+        return None;
+    }
+    let median = |kind: &str| {
+        let id = format!("classify/{kind}/{size}");
+        criterion
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| b.median_ns / 1000.0)
+    };
+    let (benign, harmful) = (median("benign")?, median("harmful")?);
+    Some((
+        benign * (1.0 - harmful_share) + harmful * harmful_share,
+        format!(
+            "criterion classify/benign/{size} and classify/harmful/{size} medians, weighted {:.0}% harmful",
+            harmful_share * 100.0
+        ),
+    ))
 }
 
 fn progress(args: &LoadgenArgs, msg: impl std::fmt::Display) {
@@ -734,7 +769,12 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
         .as_deref()
         .map(report::read_criterion)
         .unwrap_or_default();
-    let targets = report::targets(&results, &criterion, classifier_us);
+    let (budget_us, budget_source) =
+        classifier_budget(&criterion, &args, corpus.share(EntryKind::Harmful)).unwrap_or((
+            classifier_us,
+            "in-process timing of this corpus".to_string(),
+        ));
+    let targets = report::targets(&results, &criterion, budget_us);
     Ok(Report {
         machine: json!({
             "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -763,6 +803,8 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
             "threads": args.threads,
         }),
         classifier_us_per_event: classifier_us,
+        classifier_budget_us: budget_us,
+        classifier_budget_source: budget_source,
         scenarios: results,
         criterion,
         targets,

@@ -173,13 +173,19 @@ pub fn clock_ticks() -> u64 {
 
 /// CPU time (user + system) of a process so far, in microseconds.
 pub fn cpu_micros(pid: &str) -> Option<u64> {
+    cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// CPU time of a process so far, user and system apart, in microseconds.
+pub fn cpu_split(pid: &str) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at state (field 3).
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / clock_ticks())
+    let us = |t: u64| t * 1_000_000 / clock_ticks();
+    Some((us(utime), us(stime)))
 }
 
 /// Resident set size of a process, in KiB.

@@ -163,7 +163,11 @@ pub fn targets(results: &[ScenarioResult], criterion: &[Bench], classifier_us: f
                 spread(r.summary.echo_cpu_us_per_event.as_ref(), 2),
                 spread(added.as_ref(), 2)
             ),
-            status: status(added.map(|a| a.median <= budget)),
+            status: status(
+                added
+                    .filter(|_| budget.is_finite())
+                    .map(|a| a.median <= budget),
+            ),
         });
     }
     if let Some(r) = find(results, "scale")
@@ -227,7 +231,7 @@ pub fn markdown(r: &Report) -> String {
          interleaved (sidecar, echo, sidecar, echo, ...), each on freshly started processes, {} s warm-up + \
          {} s measured. Ratios are sidecar ÷ echo of the same run: median (min–max) over the runs. \
          Load average (1, 5, 15 min) at start {}, at end {}. The built-in classifier costs {:.2} µs per event of this \
-         corpus (measured in the load generator's process). The echo server runs with TCP_NODELAY {} \
+         corpus (measured in the load generator's process); the CPU budget below uses {:.2} µs ({}). The echo server runs with TCP_NODELAY {} \
          (tonic's default for a server it binds itself).\n",
         r.corpus["origin"].as_str().unwrap_or("?"),
         r.corpus["entries"],
@@ -239,6 +243,8 @@ pub fn markdown(r: &Report) -> String {
         loadavg(&r.machine["loadavg_start"]),
         loadavg(&r.machine["loadavg_end"]),
         r.classifier_us_per_event,
+        r.classifier_budget_us,
+        r.classifier_budget_source,
         if r.settings["echo_tcp_nodelay"] == false {
             "off"
         } else {
@@ -270,22 +276,24 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             w,
-            "| scenario | sidecar | echo | added (sidecar − echo) | budget (classifier + 0.3) | sidecar cores busy | echo cores busy | load generator µs/event (sidecar run) |"
+            "| scenario | sidecar | echo | added (sidecar − echo) | budget (classifier + 0.3) | sidecar cores busy | echo cores busy | kernel share sidecar / echo | load generator µs/event (sidecar run) |"
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for x in &saturation {
             let cores =
                 |f: fn(&super::RunPair) -> Option<f64>| Spread::of(x.runs.iter().filter_map(f));
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} / {} | {} |",
                 x.label,
                 spread(x.summary.sidecar_cpu_us_per_event.as_ref(), 2),
                 spread(x.summary.echo_cpu_us_per_event.as_ref(), 2),
                 spread(x.summary.added_cpu_us.as_ref(), 2),
-                r.classifier_us_per_event + 0.3,
+                r.classifier_budget_us + 0.3,
                 spread(cores(|p| p.sidecar.server_cores).as_ref(), 2),
                 spread(cores(|p| p.echo.as_ref()?.server_cores).as_ref(), 2),
+                spread(cores(|p| p.sidecar.server_sys_share).as_ref(), 2),
+                spread(cores(|p| p.echo.as_ref()?.server_sys_share).as_ref(), 2),
                 spread(cores(|p| p.sidecar.client_cpu_us_per_event).as_ref(), 2),
             );
         }

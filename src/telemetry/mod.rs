@@ -28,6 +28,14 @@ pub use metrics::Metrics;
 /// The target of per-event spans (exported, never logged).
 pub const EVENT_TARGET: &str = "threadwarden::event";
 
+static EVENT_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when per-event spans have a subscriber (OTLP export is on). Checked before building a
+/// span: with per-layer filters, a span no layer wants still costs a registry slot.
+pub fn event_spans() -> bool {
+    EVENT_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where logs go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogTarget {
@@ -122,6 +130,7 @@ pub fn init(target: LogTarget, otlp: &OtlpConfig, metrics: Option<Arc<Metrics>>)
                     .with_filter(EnvFilter::new(format!("{EVENT_TARGET}=info")));
                 guard.tracer = Some(tracer);
                 guard.meter = Some(meter);
+                EVENT_SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
                 Some(layer)
             }
             Err(e) => {
