@@ -283,12 +283,7 @@ impl App {
         let ready = Arc::new(AtomicBool::new(false));
         let _admin = match admin {
             Some(listener) => {
-                listener.set_nonblocking(true).map_err(ServerError::Admin)?;
-                let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
-                let addr = listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let (listener, addr) = to_tokio(listener)?;
                 let router = admin::router(AdminState {
                     metrics: metrics.clone(),
                     store: store.clone(),
@@ -323,12 +318,7 @@ impl App {
 
         let _health_only = match health_only {
             Some(listener) => {
-                listener.set_nonblocking(true).map_err(ServerError::Admin)?;
-                let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
-                let addr = listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let (listener, addr) = to_tokio(listener)?;
                 let service = health_service.clone();
                 Some((
                     addr,
@@ -435,6 +425,17 @@ impl App {
         decision_log.close();
         Ok(())
     }
+}
+
+/// A listener bound by the caller, moved onto the runtime, with its address for the logs.
+fn to_tokio(listener: std::net::TcpListener) -> Result<(TcpListener, String), ServerError> {
+    listener.set_nonblocking(true).map_err(ServerError::Admin)?;
+    let listener = TcpListener::from_std(listener).map_err(ServerError::Admin)?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    Ok((listener, addr))
 }
 
 fn unix_now() -> u64 {

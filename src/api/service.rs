@@ -63,7 +63,6 @@ fn decide_traced(
         target: EVENT_TARGET,
         "threadwarden.decide",
         otel.kind = "server",
-        event.kind = Empty,
         thread.hash = Empty,
         verdict.action = Empty,
         verdict.reason = Empty,
