@@ -148,9 +148,6 @@ pub struct ServeArgs {
         default_value_t = 1024
     )]
     pub max_streams_per_connection: u32,
-    /// Answers a stream may hold that its client has not read yet.
-    #[arg(long, env = "THREADWARDEN_MAX_IN_FLIGHT", default_value_t = 64)]
-    pub max_in_flight: usize,
     /// How long a stream may wait for a client that stopped reading before it is ended.
     #[arg(long, env = "THREADWARDEN_SLOW_CONSUMER_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub slow_consumer_deadline: Duration,
@@ -217,7 +214,6 @@ impl ServeArgs {
             },
             stream_limits: StreamLimits {
                 max_streams: self.max_streams,
-                max_in_flight: self.max_in_flight,
                 slow_consumer_deadline: self.slow_consumer_deadline,
                 drain_idle: self.drain_idle,
             },

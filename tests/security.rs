@@ -382,7 +382,6 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
     let metrics = Arc::new(Metrics::default());
     let server = start_server(ServeConfig {
         stream_limits: StreamLimits {
-            max_in_flight: 4,
             slow_consumer_deadline: Duration::from_millis(300),
             ..StreamLimits::default()
         },
@@ -455,6 +454,47 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(open.contains("threadwarden_open_streams 0"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_client_that_reads_is_never_taken_for_a_slow_consumer() {
+    let metrics = Arc::new(Metrics::default());
+    let server = start_server(ServeConfig {
+        stream_limits: StreamLimits {
+            slow_consumer_deadline: Duration::from_millis(100),
+            ..StreamLimits::default()
+        },
+        metrics: metrics.clone(),
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut responses = client
+        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Idle for many deadlines between turns, and reading every answer: never cut.
+    for i in 0..4 {
+        tx.send(pb::ModerateRequest {
+            event: Some(user(&format!("i{i}"), "idle", "hello there")),
+        })
+        .await
+        .unwrap();
+        let answer = responses.next().await.unwrap().expect("answered");
+        assert_eq!(answer.event_id, format!("i{i}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        metrics
+            .render()
+            .contains("threadwarden_errors_total{code=\"DEADLINE_EXCEEDED\"} 0"),
+        "an idle reader was ended as a slow consumer"
+    );
+    drop(tx);
+    assert!(responses.next().await.is_none(), "the stream ends cleanly");
     server.shutdown().await;
 }
 

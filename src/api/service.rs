@@ -1,19 +1,22 @@
 //! The `ModerationService` implementation: thin, every decision is `Engine`'s.
 //!
-//! `Moderate` runs one task per stream that decides requests in order and queues at most
-//! `max_in_flight` answers the client has not read yet. A client that stops reading backs up
-//! into that bound and then into HTTP/2 flow control (its sends block); if it does not read for
-//! `slow_consumer_deadline`, the stream ends with DEADLINE_EXCEEDED after the queued answers.
+//! `Moderate` decides each request when the transport asks for the next answer, on the task that
+//! writes the answers: no task or queue per stream, and answers leave in request order. A client
+//! that stops reading stops being read from (HTTP/2 flow control; its sends block); if it does
+//! not read for `slow_consumer_deadline`, its slot is released and the stream ends with
+//! DEADLINE_EXCEEDED after the answers already sent.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::{Stream, StreamExt};
+use atomic_waker::AtomicWaker;
+use tokio::sync::{Notify, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -119,30 +122,13 @@ fn decide_traced(
     result
 }
 
-/// Keeps the open-streams gauge honest: dropped with the stream, however it ends.
-struct StreamGauge(Arc<Metrics>);
-
-impl StreamGauge {
-    fn open(metrics: &Arc<Metrics>) -> StreamGauge {
-        metrics.stream_delta(1);
-        StreamGauge(metrics.clone())
-    }
-}
-
-impl Drop for StreamGauge {
-    fn drop(&mut self) {
-        self.0.stream_delta(-1);
-    }
-}
-
 /// Limits on `Moderate` streams.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {
     /// Open `Moderate` streams across all connections; beyond, RESOURCE_EXHAUSTED.
     pub max_streams: usize,
-    /// Answers decided but not yet read by the client, per stream.
-    pub max_in_flight: usize,
-    /// How long a full stream may wait for its client to read before it is ended.
+    /// How long a stream with answers or input pending may wait for its client to read before
+    /// it is ended. (Unread answers are bounded by the HTTP/2 window, not by a queue here.)
     pub slow_consumer_deadline: Duration,
     /// During shutdown, a stream idle for this long is ended with UNAVAILABLE (reconnect).
     pub drain_idle: Duration,
@@ -152,7 +138,6 @@ impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
             max_streams: 10_000,
-            max_in_flight: 64,
             slow_consumer_deadline: Duration::from_secs(30),
             drain_idle: Duration::from_millis(500),
         }
@@ -180,31 +165,6 @@ impl ModerationApi {
             limits,
             open: Arc::new(AtomicUsize::new(0)),
             draining,
-        }
-    }
-}
-
-/// The next request of a stream; during shutdown, `Err` once the stream has been idle for
-/// `drain_idle`.
-async fn next_request(
-    inbound: &mut Streaming<pb::ModerateRequest>,
-    draining: &mut watch::Receiver<bool>,
-    drain_idle: Duration,
-) -> Result<Option<Result<pb::ModerateRequest, Status>>, ()> {
-    loop {
-        if *draining.borrow() {
-            return tokio::time::timeout(drain_idle, inbound.next())
-                .await
-                .map_err(|_| ());
-        }
-        tokio::select! {
-            item = inbound.next() => return Ok(item),
-            changed = draining.changed() => {
-                if changed.is_err() {
-                    // The server is gone: drain as if shutting down.
-                    return tokio::time::timeout(drain_idle, inbound.next()).await.map_err(|_| ());
-                }
-            }
         }
     }
 }
@@ -265,47 +225,176 @@ fn respond(
     }
 }
 
-/// Holds a stream's place in the limits and gauges; released however the stream ends.
-struct StreamSlot {
+/// How a `Moderate` stream stands with its client, shared with its watchdog and its waker.
+///
+/// `progress` turns even and grows each time the transport polls the stream; its low bit is set
+/// when the stream hands an answer out or when new input arrives (the stream's waker). Odd and
+/// unchanged means the transport has not come back for a while although there is work: it is
+/// waiting for flow-control window, that is, for a client that does not read.
+struct StreamShared {
+    progress: AtomicU64,
+    inbound_waker: AtomicWaker,
+    expired: AtomicBool,
+    released: AtomicBool,
+    closed: Notify,
     open: Arc<AtomicUsize>,
-    _gauge: StreamGauge,
+    metrics: Arc<Metrics>,
+    deadline: Duration,
 }
 
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+impl StreamShared {
+    fn mark_pending_work(&self) {
+        let p = self.progress.load(Ordering::Relaxed);
+        self.progress.store(p | 1, Ordering::Release);
+    }
+
+    /// Gives the stream's place in `max_streams` and the open-streams gauge back, once.
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.stream_delta(-1);
+        }
     }
 }
 
-/// The answers of one stream, then its fate: a final status if the stream was cut short.
-struct Responses {
-    rx: mpsc::Receiver<Result<pb::ModerateResponse, Status>>,
-    fate: Option<oneshot::Receiver<Status>>,
+/// The waker handed to the inbound half: notes that input is waiting, then wakes the task.
+impl Wake for StreamShared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.progress.fetch_or(1, Ordering::Release);
+        self.inbound_waker.wake();
+    }
 }
 
-impl Stream for Responses {
-    type Item = Result<pb::ModerateResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => {}
+/// Ends a stream whose client stopped reading. After a whole `deadline` with work pending and no
+/// poll from the transport, the stream's slot is released, DEADLINE_EXCEEDED is counted, and
+/// the stream ends with that status when the client reads again (after the answers already
+/// sent). Sleeps a quarter deadline at a time; returns as soon as the stream is dropped.
+async fn watch_consumer(shared: Arc<StreamShared>, deadline: Duration) {
+    const TICKS: u32 = 4;
+    let tick = (deadline / TICKS).max(Duration::from_millis(1));
+    let mut seen = u64::MAX;
+    let mut stalled = 0u32;
+    loop {
+        tokio::select! {
+            () = shared.closed.notified() => return,
+            () = tokio::time::sleep(tick) => {}
         }
-        let Some(fate) = self.fate.as_mut() else {
-            return Poll::Ready(None);
+        let now = shared.progress.load(Ordering::Acquire);
+        stalled = if now & 1 == 1 && now == seen {
+            stalled + 1
+        } else {
+            0
         };
-        match Pin::new(fate).poll(cx) {
-            Poll::Ready(Ok(status)) => {
-                self.fate = None;
-                Poll::Ready(Some(Err(status)))
-            }
-            Poll::Ready(Err(_)) => {
-                self.fate = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        seen = now;
+        // `TICKS` ticks after the first sighting of the same stalled state span a deadline.
+        if stalled >= TICKS {
+            shared.expired.store(true, Ordering::Release);
+            shared.metrics.error("DEADLINE_EXCEEDED");
+            shared.release();
+            return;
         }
+    }
+}
+
+/// A `Moderate` stream. Each answer is decided when the transport asks for the next one, on
+/// the task that writes it: no task or queue of its own, so nothing is decided that the client
+/// cannot take, and a client that does not read is not read from (HTTP/2 flow control).
+struct Moderation {
+    engine: Arc<Engine>,
+    call: CallTrace,
+    principal: Principal,
+    inbound: Streaming<pb::ModerateRequest>,
+    /// `shared` as a waker for `inbound`.
+    inbound_waker: Waker,
+    draining: WatchStream<bool>,
+    is_draining: bool,
+    drain_idle: Duration,
+    /// Runs while draining and idle; when it fires the stream ends with UNAVAILABLE.
+    drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    shared: Arc<StreamShared>,
+    done: bool,
+}
+
+type Answer = Result<pb::ModerateResponse, Status>;
+
+impl Moderation {
+    fn finish(&mut self, last: Option<Status>) -> Poll<Option<Answer>> {
+        self.done = true;
+        self.shared.release();
+        Poll::Ready(last.map(Err))
+    }
+
+    /// Called when no input is waiting: ends the stream once it has been idle for `drain_idle`
+    /// during a shutdown.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        if !self.is_draining {
+            // `WatchStream` yields the current value first, then each change; a closed watch
+            // means the server is gone: drain as if shutting down.
+            while let Poll::Ready(next) = Pin::new(&mut self.draining).poll_next(cx) {
+                if next.unwrap_or(true) {
+                    self.is_draining = true;
+                    break;
+                }
+            }
+        }
+        if !self.is_draining {
+            return Poll::Pending;
+        }
+        let idle = self.drain_idle;
+        let timer = self
+            .drain_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Every event received was answered; the client reconnects elsewhere.
+        self.finish(Some(Status::unavailable(
+            "the server is shutting down; every event sent so far was answered: reconnect to continue",
+        )))
+    }
+}
+
+impl Stream for Moderation {
+    type Item = Answer;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shared.expired.load(Ordering::Acquire) {
+            return this.finish(Some(Status::deadline_exceeded(format!(
+                "the client did not read its answers for {:?}; stream ended",
+                this.shared.deadline
+            ))));
+        }
+        let p = this.shared.progress.load(Ordering::Relaxed);
+        this.shared.progress.store((p | 1) + 1, Ordering::Release);
+        this.shared.inbound_waker.register(cx.waker());
+        let mut inbound_cx = Context::from_waker(&this.inbound_waker);
+        match Pin::new(&mut this.inbound).poll_next(&mut inbound_cx) {
+            Poll::Ready(Some(Ok(req))) => {
+                this.drain_timer = None;
+                let answer = respond(&this.engine, req, &this.call, &this.principal);
+                this.shared.mark_pending_work();
+                Poll::Ready(Some(Ok(answer)))
+            }
+            // A transport or decode error ends the call: nothing can be attributed.
+            Poll::Ready(Some(Err(status))) => this.finish(Some(status)),
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => this.poll_drain(cx),
+        }
+    }
+}
+
+impl Drop for Moderation {
+    fn drop(&mut self) {
+        self.shared.release();
+        self.shared.closed.notify_one();
     }
 }
 
@@ -326,65 +415,35 @@ impl ModerationService for ModerationApi {
                 limits.max_streams
             )));
         }
-        let slot = StreamSlot {
+        let shared = Arc::new(StreamShared {
+            progress: AtomicU64::new(0),
+            inbound_waker: AtomicWaker::new(),
+            expired: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            closed: Notify::new(),
             open: self.open.clone(),
-            _gauge: StreamGauge::open(self.engine.metrics()),
-        };
-        let engine = self.engine.clone();
+            metrics: self.engine.metrics().clone(),
+            deadline: limits.slow_consumer_deadline,
+        });
+        shared.metrics.stream_delta(1);
+        tokio::spawn(watch_consumer(
+            shared.clone(),
+            limits.slow_consumer_deadline,
+        ));
         let call = CallTrace::of(&request);
         let principal = principal(&request);
-        let mut inbound = request.into_inner();
-        let mut draining = self.draining.clone();
-        let (tx, rx) = mpsc::channel(limits.max_in_flight.max(1));
-        let (fate_tx, fate_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let _slot = slot;
-            loop {
-                let item = match next_request(&mut inbound, &mut draining, limits.drain_idle).await
-                {
-                    Ok(Some(item)) => item,
-                    Ok(None) => return,
-                    Err(()) => {
-                        // Every event received was answered; the client reconnects elsewhere.
-                        let _ = fate_tx.send(Status::unavailable(
-                            "the server is shutting down; every event sent so far was answered: reconnect to continue",
-                        ));
-                        return;
-                    }
-                };
-                let (out, last) = match item {
-                    Ok(req) => (Ok(respond(&engine, req, &call, &principal)), false),
-                    // A transport or decode error ends the call: nothing can be attributed.
-                    Err(status) => (Err(status), true),
-                };
-                let sent = match tx.try_send(out) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    Err(mpsc::error::TrySendError::Full(out)) => {
-                        match tokio::time::timeout(limits.slow_consumer_deadline, tx.send(out))
-                            .await
-                        {
-                            Ok(Ok(())) => true,
-                            Ok(Err(_)) => false,
-                            Err(_) => {
-                                engine.metrics().error("DEADLINE_EXCEEDED");
-                                let _ = fate_tx.send(Status::deadline_exceeded(format!(
-                                    "the client did not read its answers for {:?} with {} unread; stream ended",
-                                    limits.slow_consumer_deadline, limits.max_in_flight
-                                )));
-                                return;
-                            }
-                        }
-                    }
-                };
-                if !sent || last {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(Responses {
-            rx,
-            fate: Some(fate_rx),
+        Ok(Response::new(Box::pin(Moderation {
+            engine: self.engine.clone(),
+            call,
+            principal,
+            inbound: request.into_inner(),
+            inbound_waker: Waker::from(shared.clone()),
+            draining: WatchStream::new(self.draining.clone()),
+            is_draining: false,
+            drain_idle: limits.drain_idle,
+            drain_timer: None,
+            shared,
+            done: false,
         })))
     }
 
