@@ -150,12 +150,7 @@ async fn sigterm_drains_open_streams_snapshots_and_exits_zero() {
         .await;
     }
     // An open stream with events in flight when SIGTERM arrives.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut responses = client
-        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut client, 8).await;
     tx.send(pb::ModerateRequest {
         event: Some(user("s1", "streamed", "hello")),
     })

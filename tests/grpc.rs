@@ -546,12 +546,7 @@ async fn shutdown_closes_idle_streams_with_unavailable_after_answering_everythin
     })
     .await;
     let mut client = server.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut responses = client
-        .moderate(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut client, 4).await;
     tx.send(req(user("d1", "drain", "hello"))).await.unwrap();
     let first = responses.next().await.unwrap().unwrap();
     assert_eq!(first.thread_id, "drain", "responses carry the thread id");

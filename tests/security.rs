@@ -398,12 +398,7 @@ async fn a_client_that_stops_reading_gets_a_clean_deadline_error() {
         .await
         .unwrap();
     let mut client = ModerationServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut responses = client
-        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut client, 8).await;
     // Send far more than fits in flight while not reading; crisis verdicts carry resources, so
     // each answer is about a kilobyte. The sender may block: that is the backpressure we want.
     let sender = tokio::spawn(async move {
@@ -470,12 +465,7 @@ async fn an_idle_client_that_reads_is_never_taken_for_a_slow_consumer() {
     })
     .await;
     let mut client = server.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut responses = client
-        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut client, 1).await;
     // Idle for many deadlines between turns, and reading every answer: never cut.
     for i in 0..4 {
         tx.send(pb::ModerateRequest {
@@ -506,12 +496,7 @@ async fn the_call_timeout_does_not_cut_long_lived_streams() {
     })
     .await;
     let mut client = server.client().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut responses = client
-        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_stream(&mut client, 1).await;
     for i in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         tx.send(pb::ModerateRequest {

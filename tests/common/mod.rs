@@ -53,6 +53,24 @@ pub async fn start_server(config: ServeConfig) -> TestServer {
     }
 }
 
+/// Opens a `Moderate` stream fed by the returned sender, which queues up to `buffer` requests
+/// on the client side.
+pub async fn open_stream(
+    client: &mut ModerationServiceClient<Channel>,
+    buffer: usize,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ModerateRequest>,
+    tonic::Streaming<pb::ModerateResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    let responses = client
+        .moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    (tx, responses)
+}
+
 pub async fn start() -> TestServer {
     start_server(ServeConfig::default()).await
 }
