@@ -310,7 +310,7 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         let outs: Vec<ConvOutcome> = convs.iter().map(|c| sim.persist(c)).collect();
         if opts.misses.is_some() && name.starts_with("severe") {
             for (c, o) in convs.iter().zip(&outs) {
-                let late = !o.ended_at.is_some_and(|t| t <= 6);
+                let late = o.ended_at.is_none_or(|t| t > 6);
                 for (k, t) in c.iter().enumerate() {
                     let sc = sim.single(t).scores;
                     if late || sev_score(&sc) < 0.5 {
