@@ -33,9 +33,35 @@ fn signals(s: &Scores) -> [(&'static str, f32); 5] {
     ]
 }
 
+/// Prints, for every non-empty line of `text`, the first-turn action, crisis kind and the
+/// non-zero scores on one line.
+pub fn run_lines(classifier: &Classifier, text: &str) {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let s = classifier.classify(line);
+        let v = first_turn(&s);
+        let mut parts: Vec<String> = Category::ALL
+            .into_iter()
+            .filter(|c| s.get(*c) > 0.0)
+            .map(|c| format!("{}={:.2}", c.name(), s.get(c)))
+            .collect();
+        parts.extend(
+            signals(&s)
+                .into_iter()
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(k, v)| format!("{k}={v:.2}")),
+        );
+        let crisis = v.crisis.map(|k| k.name()).unwrap_or("-");
+        println!(
+            "{:<8} {:<14} {} | {line}",
+            v.action.name(),
+            crisis,
+            parts.join(" ")
+        );
+    }
+}
+
 /// Prints the explanation of `text` as a table or JSON.
-pub fn run(text: &str, as_json: bool) {
-    let classifier = Classifier::shared();
+pub fn run(classifier: &Classifier, text: &str, as_json: bool) {
     let ex = classifier.explain(text);
     let verdict = first_turn(&ex.scores);
     if as_json {

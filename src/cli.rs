@@ -42,6 +42,12 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// A lexicon file to use instead of the embedded one (to try a change without a rebuild).
+        #[arg(long)]
+        lexicon: Option<PathBuf>,
+        /// Classify every line of the input on its own: one compact summary per line.
+        #[arg(long)]
+        lines: bool,
     },
     /// Run conversations from a JSONL file through the policy and print a verdict per event.
     Replay {
@@ -238,7 +244,12 @@ pub fn main() -> ExitCode {
         Command::EchoServer(args) => crate::loadgen::echo::main(args),
         Command::Eval(args) => crate::eval::main(args),
         Command::Train(args) => crate::train::main(args),
-        Command::Check { text, json } => {
+        Command::Check {
+            text,
+            json,
+            lexicon,
+            lines,
+        } => {
             let text = match text {
                 Some(t) => t,
                 None => {
@@ -250,7 +261,18 @@ pub fn main() -> ExitCode {
                     t
                 }
             };
-            crate::check::run(&text, json);
+            let classifier = match crate::eval::classifier_with(lexicon.as_deref(), false) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if lines {
+                crate::check::run_lines(&classifier, &text);
+            } else {
+                crate::check::run(&classifier, &text, json);
+            }
             ExitCode::SUCCESS
         }
         Command::Replay { file, config, json } => {

@@ -40,6 +40,11 @@ pub struct EvalOptions {
     pub speed_reps: usize,
     /// Measure the rules alone, without the learned component.
     pub rules_only: bool,
+    /// Write the errors of every target (JSONL, with the data's text) to this file: for local
+    /// error analysis only, never to be committed (the data may not be copied into the project).
+    pub misses: Option<std::path::PathBuf>,
+    /// A lexicon file to measure instead of the embedded one.
+    pub lexicon: Option<std::path::PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -48,17 +53,38 @@ impl Default for EvalOptions {
             speed_messages: 200,
             speed_reps: 20,
             rules_only: false,
+            misses: None,
+            lexicon: None,
         }
     }
 }
 
 /// The classifier an eval run measures.
 pub fn classifier(opts: &EvalOptions) -> std::sync::Arc<Classifier> {
-    if opts.rules_only {
-        std::sync::Arc::new(Classifier::rules_only())
-    } else {
-        Classifier::shared()
+    classifier_with(opts.lexicon.as_deref(), opts.rules_only).expect("lexicon checked in main")
+}
+
+/// The built-in classifier, or the same model over a lexicon file (`--lexicon`, to measure a
+/// lexicon change without a rebuild); without the learned heads when `rules_only`.
+pub fn classifier_with(
+    lexicon: Option<&Path>,
+    rules_only: bool,
+) -> Result<std::sync::Arc<Classifier>, String> {
+    let base = match lexicon {
+        None if !rules_only => return Ok(Classifier::shared()),
+        None => Classifier::rules_only(),
+        Some(p) => {
+            let yaml = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Classifier::from_yaml(&yaml).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+    };
+    if rules_only {
+        return Ok(std::sync::Arc::new(base));
     }
+    let model = crate::classify::Model::from_bytes(crate::classify::MODEL_BYTES)
+        .map_err(|e| e.to_string())?
+        .adopted();
+    Ok(std::sync::Arc::new(base.with_model(Some(model))))
 }
 
 /// The categories that are END-eligible at the severe tier.
@@ -161,6 +187,24 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         .map(|(_, r)| (sev_score(&r.scores), true))
         .chain(benign_all.iter().map(|r| (sev_score(&r.scores), false)))
         .collect();
+    let mut misses: Vec<Value> = Vec::new();
+    if opts.misses.is_some() {
+        for (s, r) in sets.harmful.iter().zip(&harmful) {
+            if s.severe && sev_score(&r.scores) < 0.5 {
+                misses.push(miss("severe_missed", s.source, &s.text, &r.scores));
+            }
+        }
+        for ((name, xs), (_, rs)) in sets.benign.iter().zip(&benign) {
+            for (s, r) in xs.iter().zip(rs) {
+                if r.redirect {
+                    misses.push(miss("benign_redirect", name, &s.text, &r.scores));
+                }
+                if r.crisis {
+                    misses.push(miss("benign_crisis", name, &s.text, &r.scores));
+                }
+            }
+        }
+    }
     let sm = metrics::prf(&sev_items, 0.5);
     let sev_n = sm.tp + sm.fn_;
     let sev_redirected = sets
@@ -203,6 +247,13 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
     for (name, xs) in &sets.crisis {
         let rs = run(xs);
         let routed = rs.iter().filter(|r| r.crisis).count();
+        if opts.misses.is_some() && !name.starts_with("twitter") {
+            for (s, r) in xs.iter().zip(&rs) {
+                if !r.crisis {
+                    misses.push(miss("crisis_missed", name, &s.text, &r.scores));
+                }
+            }
+        }
         if !name.starts_with("sdcnl") && !name.starts_with("twitter") {
             routed_all += routed;
             n_crisis += rs.len();
@@ -214,6 +265,13 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
     for (name, xs) in &sets.crisis_negative {
         let rs = run(xs);
         let routed = rs.iter().filter(|r| r.crisis).count();
+        if opts.misses.is_some() && !name.starts_with("twitter") {
+            for (s, r) in xs.iter().zip(&rs) {
+                if r.crisis {
+                    misses.push(miss("crisis_on_negative", name, &s.text, &r.scores));
+                }
+            }
+        }
         crisis_rows.push(json!({"set": name, "n": rs.len(), "routing_rate_negatives": metrics::rate(routed, rs.len())}));
     }
     report.insert("crisis".into(), Value::Array(crisis_rows));
@@ -250,6 +308,22 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
     let mut p_rows = Vec::new();
     for (name, convs) in &sets.persistent {
         let outs: Vec<ConvOutcome> = convs.iter().map(|c| sim.persist(c)).collect();
+        if opts.misses.is_some() && name.starts_with("severe") {
+            for (c, o) in convs.iter().zip(&outs) {
+                let late = o.ended_at.is_none_or(|t| t > 6);
+                for (k, t) in c.iter().enumerate() {
+                    let sc = sim.single(t).scores;
+                    if late || sev_score(&sc) < 0.5 {
+                        let kind = if late {
+                            "persistence_late"
+                        } else {
+                            "persistence_unflagged"
+                        };
+                        misses.push(miss(&format!("{kind}_turn_{}", k + 1), name, t, &sc));
+                    }
+                }
+            }
+        }
         p_rows.push(sim::summarise_persistence(name, &outs));
     }
     report.insert("persistence".into(), Value::Array(p_rows));
@@ -273,15 +347,41 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
 
     // ---- languages -----------------------------------------------------------------------------
     let mut langs = Vec::new();
+    let crimes_en: Vec<bool> = sets
+        .languages
+        .iter()
+        .find(|(l, _)| l == "en")
+        .map(|(_, xs)| run(&xs.crimes).iter().map(|r| r.redirect).collect())
+        .unwrap_or_default();
     for (lang, xs) in &sets.languages {
         let crisis_rs = run(&xs.suicidal);
         let harm_rs = run(&xs.physical_harm);
+        let crimes_rs = run(&xs.crimes);
+        // Of the crime rows English redirects, the share this language redirects too: the
+        // same request in translation should get the same answer.
+        let (mut en_red, mut both) = (0, 0);
+        if crimes_rs.len() == crimes_en.len() {
+            for (r, &e) in crimes_rs.iter().zip(&crimes_en) {
+                en_red += usize::from(e);
+                both += usize::from(e && r.redirect);
+            }
+        }
+        if opts.misses.is_some() {
+            for (s, r) in xs.suicidal.iter().zip(&crisis_rs) {
+                if !r.crisis {
+                    misses.push(miss("lang_crisis_missed", lang, &s.text, &r.scores));
+                }
+            }
+        }
         langs.push(json!({
             "lang": lang,
             "crisis_routing_recall": metrics::rate(crisis_rs.iter().filter(|r| r.crisis).count(), crisis_rs.len()),
             "n_suicidal": crisis_rs.len(),
             "physical_harm_redirect_rate": metrics::rate(harm_rs.iter().filter(|r| r.redirect).count(), harm_rs.len()),
             "n_physical_harm": harm_rs.len(),
+            "crimes_redirect_rate": metrics::rate(crimes_rs.iter().filter(|r| r.redirect).count(), crimes_rs.len()),
+            "n_crimes": crimes_rs.len(),
+            "crimes_agree_with_en": metrics::rate(both, en_red),
         }));
     }
     report.insert("languages".into(), Value::Array(langs));
@@ -306,7 +406,30 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         }
         report.insert("speed".into(), Value::Array(speed));
     }
+    if let Some(path) = &opts.misses {
+        let text: String = misses.iter().map(|m| format!("{m}\n")).collect();
+        std::fs::write(path, text).map_err(|e| DataError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
     Ok(Value::Object(report))
+}
+
+/// One error for `--misses`: what went wrong, where, the text and the non-zero scores.
+fn miss(kind: &str, set: &str, text: &str, s: &Scores) -> Value {
+    let cats: serde_json::Map<String, Value> = Category::ALL
+        .into_iter()
+        .filter(|c| s.get(*c) > 0.0)
+        .map(|c| {
+            (
+                c.name().to_string(),
+                json!((s.get(c) * 100.0).round() / 100.0),
+            )
+        })
+        .collect();
+    json!({"kind": kind, "set": set, "text": text, "scores": cats,
+           "crisis_self": s.crisis_self, "crisis_third_party": s.crisis_third_party})
 }
 
 /// Median and p99 of the per-message classification time (µs) over messages of `size` bytes
@@ -491,17 +614,20 @@ pub fn render(r: &Value) -> String {
     let _ = writeln!(o, "\n## Languages (XSafety)");
     let _ = writeln!(
         o,
-        "| lang | suicidal n | crisis routing | Physical_Harm n | REDIRECT rate |\n|---|---|---|---|---|"
+        "| lang | suicidal n | crisis routing | Physical_Harm n | REDIRECT rate | Crimes n | REDIRECT rate | agrees with en |\n|---|---|---|---|---|---|---|---|"
     );
     for x in arr(r, "languages") {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.3} | {} | {:.3} |",
+            "| {} | {} | {:.3} | {} | {:.3} | {} | {:.3} | {:.3} |",
             s(x, "lang"),
             u(x, "n_suicidal"),
             f(x, "crisis_routing_recall"),
             u(x, "n_physical_harm"),
-            f(x, "physical_harm_redirect_rate")
+            f(x, "physical_harm_redirect_rate"),
+            u(x, "n_crimes"),
+            f(x, "crimes_redirect_rate"),
+            f(x, "crimes_agree_with_en")
         );
     }
     let _ = writeln!(o, "\n## Speed (classification, one thread)");
@@ -551,6 +677,13 @@ pub struct EvalArgs {
     /// Measure the rules alone, without the learned component.
     #[arg(long)]
     pub rules_only: bool,
+    /// Write every target's errors, with the data's text, to this JSONL file (local error
+    /// analysis only: keep it out of the repository).
+    #[arg(long)]
+    pub misses: Option<std::path::PathBuf>,
+    /// A lexicon file to measure instead of the embedded one (try a change without a rebuild).
+    #[arg(long)]
+    pub lexicon: Option<std::path::PathBuf>,
 }
 
 /// `threadwarden eval` entry point.
@@ -559,7 +692,13 @@ pub fn main(args: EvalArgs) -> std::process::ExitCode {
         speed_messages: args.speed_messages,
         speed_reps: args.speed_reps,
         rules_only: args.rules_only,
+        misses: args.misses,
+        lexicon: args.lexicon,
     };
+    if let Err(e) = classifier_with(opts.lexicon.as_deref(), opts.rules_only) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match run(&args.data, args.json, &opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

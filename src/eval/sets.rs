@@ -47,6 +47,9 @@ pub struct Lang {
     pub suicidal: Vec<Sample>,
     /// Physical_Harm rows (mixed: many are safety questions, not requests).
     pub physical_harm: Vec<Sample>,
+    /// Crimes_And_Illegal_Activities rows, parallel to the English file by row index (empty
+    /// when the row counts differ).
+    pub crimes: Vec<Sample>,
 }
 
 /// Every set the eval uses.
@@ -586,6 +589,14 @@ impl Sets {
                     .enumerate()
                     .filter(|(_, t)| suicidal_first_person(t))
                     .map(|(i, _)| Sample::new(mh[i].clone(), "xsafety", vec![], false))
+                    .collect();
+            }
+            let crimes = xsafety_rows(&dir, "Crimes_And_Illegal_Activities")?;
+            let crimes_en = xsafety_rows(&xs_root.join("en"), "Crimes_And_Illegal_Activities")?;
+            if crimes.len() == crimes_en.len() {
+                l.crimes = crimes
+                    .into_iter()
+                    .map(|t| Sample::new(t, "xsafety", vec![], false))
                     .collect();
             }
             l.physical_harm = xsafety_rows(&dir, "Physical_Harm")?
