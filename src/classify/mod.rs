@@ -11,6 +11,8 @@ mod normalize;
 mod rules;
 
 #[cfg(test)]
+mod equivalence;
+#[cfg(test)]
 mod tests;
 
 pub use lexicon::LexiconError;
