@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 use serde::Deserialize;
 
 use super::normalize::normalize;
@@ -415,21 +417,13 @@ impl Lexicon {
         })
     }
 
-    /// Whether any pattern occurs in `text` (word boundaries not checked).
-    pub fn is_match(&self, text: &str) -> bool {
-        self.automata[0].ac.is_match(text)
-            || (!text.is_ascii() && self.automata[1].ac.is_match(text))
-    }
-
-    /// Calls `f(pattern, start, end)` for every (overlapping) pattern occurrence in `text`.
+    /// Calls `f(pattern, start, end)` for every (overlapping) pattern occurrence in `text`, in
+    /// the order of `AhoCorasick::find_overlapping_iter`: by end, then by match index.
     pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize, usize) -> bool) {
         let sets = if text.is_ascii() { 1 } else { 2 };
         for m in &self.automata[..sets] {
-            for hit in m.ac.find_overlapping_iter(text) {
-                let pattern = m.ids[hit.pattern().as_usize()] as usize;
-                if !f(pattern, hit.start(), hit.end()) {
-                    return;
-                }
+            if !m.for_each_match(text.as_bytes(), &mut f) {
+                return;
             }
         }
     }
@@ -459,7 +453,7 @@ impl Lexicon {
 
 /// One DFA over a subset of the patterns, with the map back to pattern indices.
 struct Matcher {
-    ac: AhoCorasick,
+    dfa: DFA,
     ids: Vec<u32>,
 }
 
@@ -469,11 +463,59 @@ impl Matcher {
             .filter(|&i| keep(&patterns[i].term))
             .map(|i| u32::try_from(i).expect("fewer than 2^32 patterns"))
             .collect();
-        let ac = AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::DFA))
+        // The DFA kind directly (what `AhoCorasick` with `AhoCorasickKind::DFA` wraps), so the
+        // search loop below is ours: one pass, no per-match re-entry into an iterator.
+        let dfa = DFA::builder()
             .match_kind(MatchKind::Standard)
+            .start_kind(StartKind::Unanchored)
+            // A prefilter only pays with few patterns; without one, start states are not
+            // special and the loop below branches on matches alone.
+            .prefilter(false)
             .build(ids.iter().map(|&i| patterns[i as usize].term.as_str()))?;
-        Ok(Matcher { ac, ids })
+        Ok(Matcher { dfa, ids })
+    }
+
+    /// The overlapping search of `aho_corasick` (`try_find_overlapping_fwd` without a
+    /// prefilter), calling `f(pattern, start, end)`; false when `f` asked to stop.
+    #[inline]
+    fn for_each_match(&self, hay: &[u8], f: &mut impl FnMut(usize, usize, usize) -> bool) -> bool {
+        let dfa = &self.dfa;
+        let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+            return true;
+        };
+        // Only an empty pattern makes the start state a match; terms are never empty.
+        if dfa.is_match(sid) && !self.report(sid, 0, f) {
+            return false;
+        }
+        for (at, &b) in hay.iter().enumerate() {
+            sid = dfa.next_state(Anchored::No, sid, b);
+            if dfa.is_special(sid) {
+                if dfa.is_dead(sid) {
+                    return true;
+                }
+                if dfa.is_match(sid) && !self.report(sid, at + 1, f) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[inline]
+    fn report(
+        &self,
+        sid: StateID,
+        end: usize,
+        f: &mut impl FnMut(usize, usize, usize) -> bool,
+    ) -> bool {
+        for i in 0..self.dfa.match_len(sid) {
+            let pid = self.dfa.match_pattern(sid, i);
+            let start = end - self.dfa.pattern_len(pid);
+            if !f(self.ids[pid.as_usize()] as usize, start, end) {
+                return false;
+            }
+        }
+        true
     }
 }
 
