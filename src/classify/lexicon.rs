@@ -435,19 +435,35 @@ impl Lexicon {
     }
 
     /// Whether a hit of `pattern` at `start..end` of `text` sits on word boundaries.
+    #[inline]
     pub fn on_boundaries(&self, pattern: usize, text: &str, start: usize, end: usize) -> bool {
         let p = &self.patterns[pattern];
-        let left_ok = !p.left_boundary
-            || text[..start]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !c.is_alphanumeric());
-        let right_ok = !p.right_boundary
-            || text[end..]
-                .chars()
-                .next()
-                .is_none_or(|c| !c.is_alphanumeric());
+        let left_ok = !p.left_boundary || !alnum_before(text, start);
+        let right_ok = !p.right_boundary || !alnum_at(text, end);
         left_ok && right_ok
+    }
+}
+
+/// Whether the char ending at byte `i` of `text` is alphanumeric (ASCII without decoding).
+#[inline]
+fn alnum_before(text: &str, i: usize) -> bool {
+    match text.as_bytes()[..i].last() {
+        None => false,
+        Some(&b) if b.is_ascii() => b.is_ascii_alphanumeric(),
+        Some(_) => text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric),
+    }
+}
+
+/// Whether the char starting at byte `i` of `text` is alphanumeric (ASCII without decoding).
+#[inline]
+fn alnum_at(text: &str, i: usize) -> bool {
+    match text.as_bytes().get(i) {
+        None => false,
+        Some(&b) if b.is_ascii() => b.is_ascii_alphanumeric(),
+        Some(_) => text[i..].chars().next().is_some_and(char::is_alphanumeric),
     }
 }
 
