@@ -373,7 +373,7 @@ impl<'a> Sink<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_str(&mut self, t: &str) {
         if self.clean {
             let rest = &self.src.as_bytes()[self.len..];
