@@ -297,13 +297,13 @@ fn token_pass(s: &str, out: &mut String) -> Option<usize> {
         }
         // Contractions split by a stripped apostrophe ("i m", "don t") are rejoined first,
         // so "i m a" is not taken for spaced-out letters.
-        if prev.is_some_and(|p| split_contraction(p, tok)) {
+        if prev.is_some_and(|p| may_be_tail(tok) && split_contraction(p, tok)) {
             out.push_str(tok);
             prev = None;
             continue;
         }
         prev = Some(tok);
-        let joins_next = next.is_some_and(|(n, _)| split_contraction(tok, n));
+        let joins_next = next.is_some_and(|(n, _)| may_be_tail(n) && split_contraction(tok, n));
         // Lookahead: an empty token (double space) ends a run.
         let run = if !joins_next && is_single_letter(tok) {
             1 + next
@@ -491,6 +491,17 @@ fn token_is_plain(tok: &str, class: u8) -> bool {
         return false;
     }
     class & NEVER_PLAIN == 0 && (class & (LETTER | LEETISH)) != (LETTER | LEETISH)
+}
+
+/// Cheap test before `split_contraction`: every tail it accepts is one or two bytes and
+/// starts with one of these letters.
+#[inline(always)]
+fn may_be_tail(next: &str) -> bool {
+    next.len() <= 2
+        && matches!(
+            next.as_bytes().first(),
+            Some(b'm' | b'v' | b'l' | b'd' | b'r' | b's' | b't')
+        )
 }
 
 /// Whether `next` is the tail of a contraction whose apostrophe was lost ("i m", "don t").
