@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 use serde::Deserialize;
 
 use super::normalize::normalize;
@@ -415,21 +417,15 @@ impl Lexicon {
         })
     }
 
-    /// Whether any pattern occurs in `text` (word boundaries not checked).
-    pub fn is_match(&self, text: &str) -> bool {
-        self.automata[0].ac.is_match(text)
-            || (!text.is_ascii() && self.automata[1].ac.is_match(text))
-    }
-
-    /// Calls `f(pattern, start, end)` for every (overlapping) pattern occurrence in `text`.
-    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize, usize) -> bool) {
+    /// Calls `f(pattern, start, end)` for every (overlapping) pattern occurrence in `text` that
+    /// sits on the word boundaries its pattern asks for, in the order of
+    /// `AhoCorasick::find_overlapping_iter` (by end, then by match index), ASCII automaton
+    /// first; stops when `f` returns false.
+    pub fn for_each_hit(&self, text: &str, mut f: impl FnMut(usize, usize, usize) -> bool) {
         let sets = if text.is_ascii() { 1 } else { 2 };
         for m in &self.automata[..sets] {
-            for hit in m.ac.find_overlapping_iter(text) {
-                let pattern = m.ids[hit.pattern().as_usize()] as usize;
-                if !f(pattern, hit.start(), hit.end()) {
-                    return;
-                }
+            if !m.for_each_hit(text, &mut f) {
+                return;
             }
         }
     }
@@ -439,41 +435,126 @@ impl Lexicon {
     pub fn pattern_count(&self) -> usize {
         self.patterns.len()
     }
+}
 
-    /// Whether a hit of `pattern` at `start..end` of `text` sits on word boundaries.
-    pub fn on_boundaries(&self, pattern: usize, text: &str, start: usize, end: usize) -> bool {
-        let p = &self.patterns[pattern];
-        let left_ok = !p.left_boundary
-            || text[..start]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !c.is_alphanumeric());
-        let right_ok = !p.right_boundary
-            || text[end..]
-                .chars()
-                .next()
-                .is_none_or(|c| !c.is_alphanumeric());
-        left_ok && right_ok
+/// Whether the char ending at byte `i` of `text` is alphanumeric (ASCII without decoding).
+#[inline]
+fn alnum_before(text: &str, i: usize) -> bool {
+    match text.as_bytes()[..i].last() {
+        None => false,
+        Some(&b) if b.is_ascii() => b.is_ascii_alphanumeric(),
+        Some(_) => text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric),
     }
 }
 
-/// One DFA over a subset of the patterns, with the map back to pattern indices.
+/// Whether the char starting at byte `i` of `text` is alphanumeric (ASCII without decoding).
+#[inline]
+fn alnum_at(text: &str, i: usize) -> bool {
+    match text.as_bytes().get(i) {
+        None => false,
+        Some(&b) if b.is_ascii() => b.is_ascii_alphanumeric(),
+        Some(_) => text[i..].chars().next().is_some_and(char::is_alphanumeric),
+    }
+}
+
+/// One DFA over a subset of the patterns, with what a hit needs of each pattern.
 struct Matcher {
-    ac: AhoCorasick,
-    ids: Vec<u32>,
+    dfa: DFA,
+    /// By DFA pattern id.
+    meta: Vec<Meta>,
+}
+
+/// A pattern as the search loop needs it, in one place.
+#[derive(Clone, Copy)]
+struct Meta {
+    /// Index into `Lexicon::patterns`.
+    pattern: u32,
+    /// Length of the term in bytes.
+    len: u32,
+    left_boundary: bool,
+    right_boundary: bool,
 }
 
 impl Matcher {
     fn build(patterns: &[Pattern], keep: impl Fn(&str) -> bool) -> Result<Matcher, LexiconError> {
-        let ids: Vec<u32> = (0..patterns.len())
+        let meta: Vec<Meta> = (0..patterns.len())
             .filter(|&i| keep(&patterns[i].term))
-            .map(|i| u32::try_from(i).expect("fewer than 2^32 patterns"))
+            .map(|i| Meta {
+                pattern: u32::try_from(i).expect("fewer than 2^32 patterns"),
+                len: u32::try_from(patterns[i].term.len()).expect("terms under 4 GiB"),
+                left_boundary: patterns[i].left_boundary,
+                right_boundary: patterns[i].right_boundary,
+            })
             .collect();
-        let ac = AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::DFA))
+        // The DFA kind directly (what `AhoCorasick` with `AhoCorasickKind::DFA` wraps), so the
+        // search loop below is ours: one pass, no per-match re-entry into an iterator.
+        let dfa = DFA::builder()
             .match_kind(MatchKind::Standard)
-            .build(ids.iter().map(|&i| patterns[i as usize].term.as_str()))?;
-        Ok(Matcher { ac, ids })
+            .start_kind(StartKind::Unanchored)
+            // A prefilter only pays with few patterns; without one, start states are not
+            // special and the loop below branches on matches alone.
+            .prefilter(false)
+            .build(
+                meta.iter()
+                    .map(|m| patterns[m.pattern as usize].term.as_str()),
+            )?;
+        Ok(Matcher { dfa, meta })
+    }
+
+    /// The overlapping search of `aho_corasick` (`try_find_overlapping_fwd` without a
+    /// prefilter), calling `f(pattern, start, end)` for hits on their word boundaries; false
+    /// when `f` asked to stop.
+    #[inline]
+    fn for_each_hit(&self, text: &str, f: &mut impl FnMut(usize, usize, usize) -> bool) -> bool {
+        let dfa = &self.dfa;
+        let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+            return true;
+        };
+        // Only an empty pattern makes the start state a match; terms are never empty.
+        if dfa.is_match(sid) && !self.report(text, sid, 0, f) {
+            return false;
+        }
+        for (at, &b) in text.as_bytes().iter().enumerate() {
+            sid = dfa.next_state(Anchored::No, sid, b);
+            if dfa.is_special(sid) {
+                if dfa.is_dead(sid) {
+                    return true;
+                }
+                if dfa.is_match(sid) && !self.report(text, sid, at + 1, f) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[inline]
+    fn report(
+        &self,
+        text: &str,
+        sid: StateID,
+        end: usize,
+        f: &mut impl FnMut(usize, usize, usize) -> bool,
+    ) -> bool {
+        // Every pattern ending here shares the right neighbour.
+        let right_alnum = alnum_at(text, end);
+        for i in 0..self.dfa.match_len(sid) {
+            let m = self.meta[self.dfa.match_pattern(sid, i).as_usize()];
+            if m.right_boundary && right_alnum {
+                continue;
+            }
+            let start = end - m.len as usize;
+            if m.left_boundary && alnum_before(text, start) {
+                continue;
+            }
+            if !f(m.pattern as usize, start, end) {
+                return false;
+            }
+        }
+        true
     }
 }
 

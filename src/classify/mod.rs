@@ -11,11 +11,15 @@ mod normalize;
 mod rules;
 
 #[cfg(test)]
+mod equivalence;
+#[cfg(test)]
 mod tests;
 
 pub use lexicon::LexiconError;
 pub use model::{Model, ModelError};
 pub use normalize::normalize;
+
+use normalize::NormBuf;
 
 use crate::domain::{Category, Scores};
 
@@ -108,17 +112,27 @@ impl Classifier {
 
     /// Scores one message (the caller bounds its length).
     pub fn classify(&self, text: &str) -> Scores {
-        let normalized = normalize(text);
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let scores = self.classify_with(text, &mut scratch);
+                scratch.norm.shrink(SCRATCH_MAX_BYTES);
+                scores
+            }
+            // Only reachable if a caller re-entered `classify` on this thread mid-call.
+            Err(_) => self.classify_with(text, &mut Scratch::default()),
+        })
+    }
+
+    fn classify_with(&self, text: &str, scratch: &mut Scratch) -> Scores {
+        let Scratch { norm, work } = scratch;
+        let normalized = norm.normalize(text);
         let mut scores = Scores {
-            affirmation: affirmation(&self.lexicon.affirmation, &normalized),
+            affirmation: affirmation(&self.lexicon.affirmation, normalized),
             ..Scores::default()
         };
-        self.apply_model(&normalized, &mut scores);
-        if !self.lexicon.is_match(normalized.as_ref()) {
-            return scores;
-        }
-        let mut work = Work::default();
-        rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
+        self.apply_model(normalized, &mut scores);
+        // One pass of the automata finds every hit (or none): no separate `is_match` scan.
+        rules::score(&self.lexicon, normalized, &mut scores, work);
         scores
     }
 
@@ -222,6 +236,20 @@ impl Classifier {
         }
     }
 }
+
+/// Per-thread buffers of `classify`: after warm-up it allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    norm: NormBuf,
+    work: Work,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Normaliser buffers grown beyond this (by an unbounded text) are released after the call.
+const SCRATCH_MAX_BYTES: usize = 256 * 1024;
 
 /// Smallest model probability merged into the scores (and listed by `explain`).
 const MODEL_MIN: f32 = 0.2;

@@ -45,12 +45,25 @@ fn mix(a: u64, b: u64) -> u64 {
     x ^ (x >> 33)
 }
 
+/// Word bytes: ASCII letters and digits, and every byte of a non-ASCII char.
+const WORD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric() || b >= 0x80;
+        b += 1;
+    }
+    t
+};
+
+#[inline(always)]
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80
+    WORD_BYTE[b as usize]
 }
 
 /// Calls `f` with the hash of every feature of `text` (normalised): a bias-free stream of word
 /// unigrams and bigrams, in text order. Words longer than 32 bytes are hashed on their prefix.
+#[inline]
 pub fn for_each_feature(text: &str, mut f: impl FnMut(u64)) {
     let bytes = text.as_bytes();
     let mut prev: u64 = 0;
@@ -93,12 +106,25 @@ impl Model {
     pub fn score_into(&self, text: &str, out: &mut [f32]) {
         let n = self.heads.len().min(out.len());
         let mut acc = [0i32; 16];
-        for_each_feature(text, |h| {
-            let b = bucket(h, self.bits);
-            for (k, head) in self.heads.iter().take(n.min(16)).enumerate() {
-                acc[k] += i32::from(head.weights[b]);
+        let size = 1usize << self.bits;
+        match &self.heads[..n.min(16)] {
+            // The shipped model has one adopted head: one table, no per-feature head loop, and
+            // a mask (a no-op on a bucket) instead of a bounds check.
+            [head] if head.weights.len() == size => {
+                let w = &head.weights[..size];
+                let mut a = 0i32;
+                for_each_feature(text, |h| {
+                    a += i32::from(w[bucket(h, self.bits) & (size - 1)]);
+                });
+                acc[0] = a;
             }
-        });
+            heads => for_each_feature(text, |h| {
+                let b = bucket(h, self.bits);
+                for (k, head) in heads.iter().enumerate() {
+                    acc[k] += i32::from(head.weights[b]);
+                }
+            }),
+        }
         for (k, head) in self.heads.iter().take(n.min(16)).enumerate() {
             out[k] = sigmoid(head.bias + head.scale * acc[k] as f32);
         }

@@ -13,26 +13,91 @@ use unicode_normalization::char::{
 
 /// Normalises `text` for matching; borrows when the text is already normal.
 pub fn normalize(text: &str) -> Cow<'_, str> {
-    if is_simple_ascii(text) {
-        if !token_pass_needed(text) {
-            return Cow::Borrowed(text);
-        }
-        return Cow::Owned(token_pass(text));
+    let mut buf = NormBuf::default();
+    match normalize_at(text, &mut buf) {
+        Normalized::Text(n) => Cow::Borrowed(&text[..n]),
+        w => Cow::Owned(buf.get(text, w).to_owned()),
     }
-    // Already allocating: one rebuilding pass is cheaper than checking first.
-    Cow::Owned(token_pass(&fold_chars(text)))
 }
 
-/// Printable lowercase ASCII only: the character pass would leave it unchanged.
-fn is_simple_ascii(text: &str) -> bool {
-    text.bytes()
-        .all(|b| (0x20..=0x7e).contains(&b) && !b.is_ascii_uppercase())
+/// Reusable buffers of the normaliser: with them, normalising allocates nothing once they
+/// have grown to the largest message seen.
+#[derive(Default)]
+pub struct NormBuf {
+    /// The character pass's output (when the text was not already printable lowercase).
+    fold: String,
+    /// The token pass's output (when it changed anything).
+    out: String,
+    /// NFKD/NFC staging for runs of non-ASCII characters.
+    scratch: String,
+}
+
+/// Where the normalised text is: a prefix of the input, of `NormBuf::fold`, or `NormBuf::out`.
+#[derive(Clone, Copy)]
+enum Normalized {
+    Text(usize),
+    Fold(usize),
+    Out,
+}
+
+impl NormBuf {
+    /// Normalises `text` into (or borrowing) these buffers; same result as `normalize`.
+    pub fn normalize<'a>(&'a mut self, text: &'a str) -> &'a str {
+        let w = normalize_at(text, self);
+        self.get(text, w)
+    }
+
+    fn get<'a>(&'a self, text: &'a str, w: Normalized) -> &'a str {
+        match w {
+            Normalized::Text(n) => &text[..n],
+            Normalized::Fold(n) => &self.fold[..n],
+            Normalized::Out => &self.out,
+        }
+    }
+
+    /// Drops buffers grown by an unusually long text, so an idle thread does not keep them.
+    pub fn shrink(&mut self, max: usize) {
+        for b in [&mut self.fold, &mut self.out, &mut self.scratch] {
+            if b.capacity() > max {
+                *b = String::new();
+            }
+        }
+    }
+}
+
+fn normalize_at(text: &str, buf: &mut NormBuf) -> Normalized {
+    let NormBuf { fold, out, scratch } = buf;
+    let from_text = text.is_ascii() && text.bytes().all(is_simple_ascii_byte);
+    let src: &str = if from_text {
+        // The character pass would leave it unchanged.
+        text
+    } else if text.is_ascii() {
+        // Byte-wise: no per-char UTF-8 encoding.
+        let mut bytes = std::mem::take(fold).into_bytes();
+        bytes.clear();
+        bytes.extend(text.bytes().map(|b| ascii_fold(b) as u8));
+        *fold = String::from_utf8(bytes).expect("ASCII stays ASCII");
+        fold
+    } else {
+        fold_chars(text, scratch, fold);
+        fold
+    };
+    match token_pass(src, out) {
+        Some(n) if from_text => Normalized::Text(n),
+        Some(n) => Normalized::Fold(n),
+        None => Normalized::Out,
+    }
+}
+
+/// Printable lowercase ASCII: the character pass leaves it unchanged.
+fn is_simple_ascii_byte(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) && !b.is_ascii_uppercase()
 }
 
 /// Character pass: compatibility folding, lowercasing, stripping, whitespace mapping.
-fn fold_chars(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    let mut scratch = String::new();
+fn fold_chars(text: &str, scratch: &mut String, out: &mut String) {
+    out.clear();
+    out.reserve(text.len() + 8);
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -48,9 +113,8 @@ fn fold_chars(text: &str) -> String {
         while i < bytes.len() && !bytes[i].is_ascii() {
             i += 1;
         }
-        fold_unicode_run(&text[start..i], &mut scratch, &mut out);
+        fold_unicode_run(&text[start..i], scratch, out);
     }
-    out
 }
 
 fn ascii_fold(b: u8) -> char {
@@ -217,72 +281,136 @@ const NUMBER_SUFFIXES: &[&str] = &[
     "tb", "hz", "fps", "p", "kg", "km", "cm", "mm", "ml", "lb", "lbs", "yo", "min", "ms", "v", "w",
 ];
 
-/// Token pass: returns `None` when the text is already normal at token level.
-fn token_pass(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Token pass: rejoins spaced letters and contractions, maps leetspeak, homoglyphs and
+/// dotted letters, collapses spaces. Returns `Some(n)` when the result is `s[..n]` (nothing
+/// changed but trailing spaces), else `None` with the result in `out`.
+fn token_pass(s: &str, out: &mut String) -> Option<usize> {
+    let mut out = Sink::new(s, out);
     let mut prev: Option<&str> = None;
     let mut it = SpaceSplit::new(s);
-    while let Some(tok) = it.next() {
+    // One token of lookahead, scanned once: `next` is what `it.clone().next()` would give.
+    let mut next = it.next_classed();
+    while let Some((tok, class)) = next {
+        next = it.next_classed();
         if tok.is_empty() {
             continue;
         }
         // Contractions split by a stripped apostrophe ("i m", "don t") are rejoined first,
         // so "i m a" is not taken for spaced-out letters.
-        if prev.is_some_and(|p| split_contraction(p, tok)) {
+        if prev.is_some_and(|p| may_be_tail(tok) && split_contraction(p, tok)) {
             out.push_str(tok);
             prev = None;
             continue;
         }
         prev = Some(tok);
-        let joins_next = it.clone().next().is_some_and(|n| split_contraction(tok, n));
-        // Lookahead on a cloned iterator: an empty token (double space) ends a run.
+        let joins_next = next.is_some_and(|(n, _)| may_be_tail(n) && split_contraction(tok, n));
+        // Lookahead: an empty token (double space) ends a run.
         let run = if !joins_next && is_single_letter(tok) {
-            1 + it.clone().take_while(|t| is_single_letter(t)).count()
+            1 + next
+                .map(|(n, _)| n)
+                .into_iter()
+                .chain(it.clone())
+                .take_while(|t| is_single_letter(t))
+                .count()
         } else {
             0
         };
         if !out.is_empty() {
-            out.push(' ');
+            out.push_space();
         }
         if run >= 3 {
             out.push_str(tok);
-            for t in it.by_ref().take(run - 1) {
-                out.push_str(t);
+            for _ in 1..run {
+                if let Some((t, _)) = next {
+                    out.push_str(t);
+                    next = it.next_classed();
+                }
             }
-        } else if token_is_plain(tok) {
+        } else if token_is_plain(tok, class) {
             out.push_str(tok);
         } else {
             push_token(tok, &mut out);
         }
     }
-    out
+    out.finish()
 }
 
-/// Cheap allocation-free scan: could the token pass change anything?
-fn token_pass_needed(s: &str) -> bool {
-    if s.starts_with(' ') || s.ends_with(' ') || s.contains("  ") {
-        return true;
-    }
-    let mut run = 0;
-    let mut prev = "";
-    for tok in SpaceSplit::new(s) {
-        if split_contraction(prev, tok) {
-            return true;
+/// The token pass's output, written lazily: while it equals a prefix of the source, only its
+/// length is tracked; the first difference copies that prefix to the buffer and continues
+/// there. So text that is already normal is never copied.
+struct Sink<'a> {
+    src: &'a str,
+    /// Length of the source prefix the output equals, while `clean`.
+    len: usize,
+    clean: bool,
+    buf: &'a mut String,
+}
+
+impl<'a> Sink<'a> {
+    fn new(src: &'a str, buf: &'a mut String) -> Self {
+        Sink {
+            src,
+            len: 0,
+            clean: true,
+            buf,
         }
-        prev = tok;
-        if is_single_letter(tok) {
-            run += 1;
-            if run >= 3 {
-                return true;
-            }
+    }
+
+    fn is_empty(&self) -> bool {
+        if self.clean {
+            self.len == 0
         } else {
-            run = 0;
-        }
-        if !token_is_plain(tok) && token_changes(tok) {
-            return true;
+            self.buf.is_empty()
         }
     }
-    false
+
+    #[inline]
+    fn push_space(&mut self) {
+        if self.clean && self.src.as_bytes().get(self.len) == Some(&b' ') {
+            self.len += 1;
+        } else {
+            self.push(' ');
+        }
+    }
+
+    #[inline(always)]
+    fn push_str(&mut self, t: &str) {
+        if self.clean {
+            let rest = &self.src.as_bytes()[self.len..];
+            // Tokens are slices of the source: in step, they start right where we are.
+            if (std::ptr::eq(rest.as_ptr(), t.as_ptr()) && t.len() <= rest.len())
+                || rest.starts_with(t.as_bytes())
+            {
+                self.len += t.len();
+                return;
+            }
+            self.spill();
+        }
+        self.buf.push_str(t);
+    }
+
+    fn push(&mut self, c: char) {
+        if self.clean {
+            let mut b = [0u8; 4];
+            let e = c.encode_utf8(&mut b);
+            if self.src.as_bytes()[self.len..].starts_with(e.as_bytes()) {
+                self.len += e.len();
+                return;
+            }
+            self.spill();
+        }
+        self.buf.push(c);
+    }
+
+    fn spill(&mut self) {
+        self.clean = false;
+        self.buf.clear();
+        self.buf.push_str(&self.src[..self.len]);
+    }
+
+    fn finish(self) -> Option<usize> {
+        self.clean.then_some(self.len)
+    }
 }
 
 /// `str::split(' ')` without the per-call memchr setup, which dominates on short words.
@@ -301,19 +429,19 @@ impl<'a> SpaceSplit<'a> {
             done: false,
         }
     }
-}
 
-impl<'a> Iterator for SpaceSplit<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
+    /// The next token and the union of its bytes' `BYTE_CLASS`.
+    #[inline]
+    fn next_classed(&mut self) -> Option<(&'a str, u8)> {
         if self.done {
             return None;
         }
         let bytes = self.s.as_bytes();
         let start = self.pos;
         let mut i = start;
+        let mut class = 0u8;
         while i < bytes.len() && bytes[i] != b' ' {
+            class |= BYTE_CLASS[bytes[i] as usize];
             i += 1;
         }
         if i >= bytes.len() {
@@ -322,28 +450,58 @@ impl<'a> Iterator for SpaceSplit<'a> {
             self.pos = i + 1;
         }
         // Splitting at an ASCII space always lands on char boundaries.
-        Some(&self.s[start..i])
+        Some((&self.s[start..i], class))
     }
 }
 
+impl<'a> Iterator for SpaceSplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        self.next_classed().map(|(t, _)| t)
+    }
+}
+
+/// `token_is_plain`'s byte classes: a lowercase ASCII letter, a leet digit or symbol, or a
+/// byte that is never plain (apostrophe, non-ASCII).
+const LETTER: u8 = 1;
+const LEETISH: u8 = 2;
+const NEVER_PLAIN: u8 = 4;
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b'a'..=b'z' => LETTER,
+            b'0' | b'1' | b'3' | b'4' | b'5' | b'7' | b'@' | b'$' | b'!' => LEETISH,
+            b'\'' | 0x80..=0xff => NEVER_PLAIN,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
 /// Byte-level shortcut: ASCII tokens with no leet mix, apostrophe or dotted letters are
-/// left unchanged by `push_token`, so they skip the char-level work.
-fn token_is_plain(tok: &str) -> bool {
+/// left unchanged by `push_token`, so they skip the char-level work. `class` is the union of
+/// the token's `BYTE_CLASS`.
+fn token_is_plain(tok: &str, class: u8) -> bool {
     let b = tok.as_bytes();
     if b.len() >= 2 && b[0].is_ascii_alphabetic() && matches!(b[1], b'.' | b'-' | b'_' | b'*') {
         return false;
     }
-    let mut letters = false;
-    let mut leetish = false;
-    for &c in b {
-        match c {
-            b'a'..=b'z' => letters = true,
-            b'0' | b'1' | b'3' | b'4' | b'5' | b'7' | b'@' | b'$' | b'!' => leetish = true,
-            b'\'' | 0x80..=0xff => return false,
-            _ => {}
-        }
-    }
-    !(letters && leetish)
+    class & NEVER_PLAIN == 0 && (class & (LETTER | LEETISH)) != (LETTER | LEETISH)
+}
+
+/// Cheap test before `split_contraction`: every tail it accepts is one or two bytes and
+/// starts with one of these letters.
+#[inline(always)]
+fn may_be_tail(next: &str) -> bool {
+    next.len() <= 2
+        && matches!(
+            next.as_bytes().first(),
+            Some(b'm' | b'v' | b'l' | b'd' | b'r' | b's' | b't')
+        )
 }
 
 /// Whether `next` is the tail of a contraction whose apostrophe was lost ("i m", "don t").
@@ -386,20 +544,6 @@ fn split_contraction(prev: &str, next: &str) -> bool {
 fn is_single_letter(tok: &str) -> bool {
     let mut chars = tok.chars();
     matches!((chars.next(), chars.next()), (Some(c), None) if c.is_alphabetic())
-}
-
-fn token_changes(tok: &str) -> bool {
-    if dotted_letters(tok).is_some() {
-        return true;
-    }
-    let mut rest = tok;
-    while let Some((word, after)) = next_word(rest) {
-        if word_changes(word) {
-            return true;
-        }
-        rest = after;
-    }
-    false
 }
 
 /// Word characters inside a token: letters, digits, leet symbols and inner apostrophes.
@@ -445,9 +589,11 @@ fn dotted_letters(tok: &str) -> Option<(&str, char, &str)> {
     (letters >= 3 && !expect_letter).then_some((core, sep, tail.strip_prefix(sep).unwrap_or(tail)))
 }
 
-fn push_token(tok: &str, out: &mut String) {
+fn push_token(tok: &str, out: &mut Sink<'_>) {
     if let Some((core, sep, tail)) = dotted_letters(tok) {
-        out.extend(core.chars().filter(|&c| c != sep));
+        for c in core.chars().filter(|&c| c != sep) {
+            out.push(c);
+        }
         out.push_str(tail);
         return;
     }
@@ -487,11 +633,6 @@ fn shape(word: &str) -> WordShape {
         }
     }
     s
-}
-
-fn word_changes(word: &str) -> bool {
-    let s = shape(word);
-    map_confusables(&s) || map_leet(word, &s) || inner_apostrophe(word, &s)
 }
 
 /// Confusables are mapped inside words that already hold Latin letters, or consist of them only.
@@ -543,7 +684,7 @@ fn inner_apostrophe(word: &str, s: &WordShape) -> bool {
         })
 }
 
-fn push_word(word: &str, out: &mut String) {
+fn push_word(word: &str, out: &mut Sink<'_>) {
     let s = shape(word);
     let conf = map_confusables(&s);
     let lt = map_leet(word, &s);

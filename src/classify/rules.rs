@@ -169,10 +169,7 @@ fn merge(scores: &mut Scores, effect: Effect, score: f32) {
 fn collect_hits(lex: &Lexicon, text: &str, hits: &mut Vec<RawHit>) {
     hits.clear();
     let max_hits = lex.params.max_hits;
-    lex.for_each_match(text, |pid, start, end| {
-        if !lex.on_boundaries(pid, text, start, end) {
-            return true;
-        }
+    lex.for_each_hit(text, |pid, start, end| {
         for &entry in &lex.patterns[pid].entries {
             hits.push(RawHit {
                 entry,
