@@ -469,7 +469,7 @@ async fn an_idle_client_that_reads_is_never_taken_for_a_slow_consumer() {
     // Idle for many deadlines between turns, and reading every answer: never cut.
     for i in 0..4 {
         tx.send(pb::ModerateRequest {
-            event: Some(user(&format!("i{i}"), "idle", "hello there")),
+            event: Some(user(format!("i{i}"), "idle", "hello there")),
         })
         .await
         .unwrap();
