@@ -224,12 +224,7 @@ fn classifier_outputs_match_committed_digest() {
     let sets = Sets::load(&root).expect("dev data loads");
     let mut groups = dev_groups(&sets);
     // The eval's speed messages, from the same pool.
-    let pool: Vec<&str> = sets
-        .benign
-        .iter()
-        .flat_map(|(_, xs)| xs.iter().map(|s| s.text.as_str()))
-        .chain(sets.harmful.iter().map(|s| s.text.as_str()))
-        .collect();
+    let pool = sets.speed_pool();
     for size in [50usize, 300, 2048] {
         groups.push((
             format!("sized/{size}"),

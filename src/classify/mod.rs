@@ -125,15 +125,20 @@ impl Classifier {
 
     fn classify_with(&self, text: &str, scratch: &mut Scratch) -> Scores {
         let Scratch { norm, work } = scratch;
-        let normalized = norm.normalize(text);
+        self.score_normalized(norm.normalize(text), work).0
+    }
+
+    /// Scores already-normalised text: affirmation, model heads, then the rules (one pass of
+    /// the automata finds every hit, or none: no separate `is_match` scan). Also returns the
+    /// model's probabilities in head order, for `explain`; `work` keeps the rule evidence.
+    fn score_normalized(&self, normalized: &str, work: &mut Work) -> (Scores, [f32; 16]) {
         let mut scores = Scores {
             affirmation: affirmation(&self.lexicon.affirmation, normalized),
             ..Scores::default()
         };
-        self.apply_model(normalized, &mut scores);
-        // One pass of the automata finds every hit (or none): no separate `is_match` scan.
+        let probs = self.apply_model(normalized, &mut scores);
         rules::score(&self.lexicon, normalized, &mut scores, work);
-        scores
+        (scores, probs)
     }
 
     /// Merges the adopted model heads into `scores` (by maximum); their probabilities, in
@@ -177,13 +182,8 @@ impl Classifier {
     /// Scores one message and lists the rules and suppressors behind the scores.
     pub fn explain(&self, text: &str) -> Explanation {
         let normalized = normalize(text).into_owned();
-        let mut scores = Scores {
-            affirmation: affirmation(&self.lexicon.affirmation, &normalized),
-            ..Scores::default()
-        };
-        let probs = self.apply_model(&normalized, &mut scores);
         let mut work = Work::default();
-        rules::score(&self.lexicon, &normalized, &mut scores, &mut work);
+        let (scores, probs) = self.score_normalized(&normalized, &mut work);
         let mut hits: Vec<Hit> = work
             .evidence
             .iter()

@@ -388,12 +388,7 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
 
     // ---- speed ----------------------------------------------------------------------------------
     if opts.speed_messages > 0 {
-        let pool: Vec<&str> = sets
-            .benign
-            .iter()
-            .flat_map(|(_, xs)| xs.iter().map(|s| s.text.as_str()))
-            .chain(sets.harmful.iter().map(|s| s.text.as_str()))
-            .collect();
+        let pool = sets.speed_pool();
         let mut speed = Vec::new();
         let full = classifier(opts);
         let rules = Classifier::rules_only();

@@ -221,6 +221,16 @@ pub(crate) fn convabuse_label(t: &data::Table, row: &[String]) -> (bool, bool) {
 }
 
 impl Sets {
+    /// The single-turn benign and harmful texts: the pool the speed measurement's sized
+    /// messages are cut from.
+    pub fn speed_pool(&self) -> Vec<&str> {
+        self.benign
+            .iter()
+            .flat_map(|(_, xs)| xs.iter().map(|s| s.text.as_str()))
+            .chain(self.harmful.iter().map(|s| s.text.as_str()))
+            .collect()
+    }
+
     /// Reads every set found under `root`.
     pub fn load(root: &Path) -> Result<Sets, DataError> {
         let mut s = Sets::default();
