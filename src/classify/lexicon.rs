@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::automaton::Automaton;
-use aho_corasick::nfa::noncontiguous::NFA;
-use aho_corasick::{Anchored, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 use serde::Deserialize;
 
 use super::normalize::normalize;
@@ -461,31 +461,11 @@ fn alnum_at(text: &str, i: usize) -> bool {
 }
 
 /// One DFA over a subset of the patterns, with what a hit needs of each pattern.
-///
-/// The transitions are those of `aho_corasick`'s DFA kind (overlapping, `MatchKind::Standard`),
-/// but laid out for the cache: states are numbered breadth-first from the start state, so the
-/// shallow states a scan spends most bytes in sit together at the front of the table, and a
-/// row holds exactly one `u32` per byte class rather than a power-of-two stride. The crate's
-/// DFA numbers states in pattern-insertion order, which scatters the hot shallow states over
-/// the whole table (32 MB for the built-in lexicon): a message then touches a fresh cache line
-/// on almost every byte once other work has evicted the table.
 struct Matcher {
-    /// Byte to class: every byte that occurs in a pattern has its own class; the bytes that
-    /// occur in none share one (they all lead where the start state's do).
-    classes: [u8; 256],
-    /// `trans[state + class]`: the next state's offset (its index times the row width), with
-    /// `MATCH` set when that state ends patterns.
-    trans: Box<[u32]>,
-    /// Row width: the number of classes.
-    stride: usize,
-    /// The patterns state `i` ends are `hits[hit_start[i]..hit_start[i + 1]]`, in the order of
-    /// `aho_corasick`'s match index.
-    hit_start: Box<[u32]>,
-    hits: Box<[Meta]>,
+    dfa: DFA,
+    /// By DFA pattern id.
+    meta: Vec<Meta>,
 }
-
-/// Set in a transition whose target state ends at least one pattern.
-const MATCH: u32 = 1 << 31;
 
 /// A pattern as the search loop needs it, in one place.
 #[derive(Clone, Copy)]
@@ -509,104 +489,19 @@ impl Matcher {
                 right_boundary: patterns[i].right_boundary,
             })
             .collect();
-        let terms = || {
-            meta.iter()
-                .map(|m| patterns[m.pattern as usize].term.as_str())
-        };
-        let nfa = NFA::builder()
+        // The DFA kind directly (what `AhoCorasick` with `AhoCorasickKind::DFA` wraps), so the
+        // search loop below is ours: one pass, no per-match re-entry into an iterator.
+        let dfa = DFA::builder()
             .match_kind(MatchKind::Standard)
+            .start_kind(StartKind::Unanchored)
+            // A prefilter only pays with few patterns; without one, start states are not
+            // special and the loop below branches on matches alone.
             .prefilter(false)
-            .build(terms())?;
-
-        // One class per byte used by a pattern, plus one shared by all the others (if any).
-        let mut used = [false; 256];
-        for term in terms() {
-            for b in term.bytes() {
-                used[usize::from(b)] = true;
-            }
-        }
-        let mut classes = [0u8; 256];
-        let mut reps: Vec<u8> = Vec::new();
-        if let Some(unused) = (0..=255u8).find(|&b| !used[usize::from(b)]) {
-            reps.push(unused);
-        }
-        for b in (0..=255u8).filter(|&b| used[usize::from(b)]) {
-            classes[usize::from(b)] = u8::try_from(reps.len()).expect("at most 256 classes");
-            reps.push(b);
-        }
-        for b in (0..=255u8).filter(|&b| !used[usize::from(b)]) {
-            classes[usize::from(b)] = 0;
-        }
-        let stride = reps.len();
-
-        // Breadth-first over the NFA's unanchored transitions (failures followed), which are
-        // the DFA's transitions; `index[nfa state]` is the state's breadth-first number + 1.
-        let start = nfa
-            .start_state(Anchored::No)
-            .expect("an NFA always has an unanchored start state");
-        let mut index: Vec<u32> = Vec::new();
-        let mut order = Vec::new();
-        let mut number = |sid: aho_corasick::automaton::StateID, order: &mut Vec<_>| {
-            let i = sid.as_usize();
-            if index.len() <= i {
-                index.resize(i + 1, 0);
-            }
-            if index[i] == 0 {
-                order.push(sid);
-                index[i] = u32::try_from(order.len()).expect("fewer than 2^32 states");
-            }
-            index[i] - 1
-        };
-        number(start, &mut order);
-        let mut next_of: Vec<u32> = Vec::new();
-        let mut done = 0;
-        while done < order.len() {
-            let sid = order[done];
-            for &b in &reps {
-                let next = nfa.next_state(Anchored::No, sid, b);
-                assert!(
-                    !nfa.is_dead(next),
-                    "an unanchored standard search never dies"
-                );
-                next_of.push(number(next, &mut order));
-            }
-            done += 1;
-        }
-        let offset = |i: u32| -> u32 {
-            u32::try_from(i as usize * stride)
-                .ok()
-                .filter(|&o| o < MATCH)
-                .expect("transition table under 2^31 entries")
-        };
-        let trans = next_of
-            .iter()
-            .map(|&i| {
-                let flag = if nfa.is_match(order[i as usize]) {
-                    MATCH
-                } else {
-                    0
-                };
-                offset(i) | flag
-            })
-            .collect();
-        let mut hit_start = Vec::with_capacity(order.len() + 1);
-        let mut hits = Vec::new();
-        for &sid in &order {
-            hit_start.push(u32::try_from(hits.len()).expect("fewer than 2^32 hits"));
-            for k in 0..nfa.match_len(sid) {
-                hits.push(meta[nfa.match_pattern(sid, k).as_usize()]);
-            }
-        }
-        hit_start.push(u32::try_from(hits.len()).expect("fewer than 2^32 hits"));
-        // Terms are never empty, so the start state ends nothing and the scan need not check it.
-        assert_eq!(hit_start[1], 0, "the start state ends no pattern");
-        Ok(Matcher {
-            classes,
-            trans,
-            stride,
-            hit_start: hit_start.into(),
-            hits: hits.into(),
-        })
+            .build(
+                meta.iter()
+                    .map(|m| patterns[m.pattern as usize].term.as_str()),
+            )?;
+        Ok(Matcher { dfa, meta })
     }
 
     /// The overlapping search of `aho_corasick` (`try_find_overlapping_fwd` without a
@@ -614,12 +509,23 @@ impl Matcher {
     /// when `f` asked to stop.
     #[inline]
     fn for_each_hit(&self, text: &str, f: &mut impl FnMut(usize, usize, usize) -> bool) -> bool {
-        let mut state = 0usize;
+        let dfa = &self.dfa;
+        let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+            return true;
+        };
+        // Only an empty pattern makes the start state a match; terms are never empty.
+        if dfa.is_match(sid) && !self.report(text, sid, 0, f) {
+            return false;
+        }
         for (at, &b) in text.as_bytes().iter().enumerate() {
-            let next = self.trans[state + usize::from(self.classes[usize::from(b)])];
-            state = (next & !MATCH) as usize;
-            if next & MATCH != 0 && !self.report(text, state / self.stride, at + 1, f) {
-                return false;
+            sid = dfa.next_state(Anchored::No, sid, b);
+            if dfa.is_special(sid) {
+                if dfa.is_dead(sid) {
+                    return true;
+                }
+                if dfa.is_match(sid) && !self.report(text, sid, at + 1, f) {
+                    return false;
+                }
             }
         }
         true
@@ -629,14 +535,14 @@ impl Matcher {
     fn report(
         &self,
         text: &str,
-        state: usize,
+        sid: StateID,
         end: usize,
         f: &mut impl FnMut(usize, usize, usize) -> bool,
     ) -> bool {
         // Every pattern ending here shares the right neighbour.
         let right_alnum = alnum_at(text, end);
-        let hits = &self.hits[self.hit_start[state] as usize..self.hit_start[state + 1] as usize];
-        for m in hits {
+        for i in 0..self.dfa.match_len(sid) {
+            let m = self.meta[self.dfa.match_pattern(sid, i).as_usize()];
             if m.right_boundary && right_alnum {
                 continue;
             }
@@ -649,12 +555,6 @@ impl Matcher {
             }
         }
         true
-    }
-
-    /// Bytes held by the transition table and the hit lists.
-    #[cfg(test)]
-    fn memory_usage(&self) -> usize {
-        self.trans.len() * 4 + self.hit_start.len() * 4 + self.hits.len() * size_of::<Meta>()
     }
 }
 
@@ -813,109 +713,4 @@ fn parse_term(expanded: &str) -> (String, bool, bool) {
 pub fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xf900..=0xfaff | 0xac00..=0xd7af)
-}
-
-#[cfg(test)]
-mod tests {
-    use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-
-    use super::*;
-
-    /// `aho_corasick`'s own DFA over each of the lexicon's two pattern subsets, with the
-    /// subset's pattern indices.
-    fn crate_dfas(lex: &Lexicon) -> Vec<(Vec<usize>, AhoCorasick)> {
-        let subsets: [fn(&str) -> bool; 2] = [|t| t.is_ascii(), |t| !t.is_ascii()];
-        subsets
-            .iter()
-            .map(|keep| {
-                let ids: Vec<usize> = (0..lex.patterns.len())
-                    .filter(|&i| keep(&lex.patterns[i].term))
-                    .collect();
-                let ac = AhoCorasick::builder()
-                    .kind(Some(AhoCorasickKind::DFA))
-                    .match_kind(MatchKind::Standard)
-                    .build(ids.iter().map(|&i| lex.patterns[i].term.as_str()))
-                    .unwrap();
-                (ids, ac)
-            })
-            .collect()
-    }
-
-    /// Hits as the crate's overlapping search finds them, boundaries applied.
-    fn reference(
-        lex: &Lexicon,
-        dfas: &[(Vec<usize>, AhoCorasick)],
-        text: &str,
-    ) -> Vec<(usize, usize, usize)> {
-        let sets = if text.is_ascii() { 1 } else { 2 };
-        let mut out = Vec::new();
-        for (ids, ac) in &dfas[..sets] {
-            for m in ac.find_overlapping_iter(text) {
-                let id = ids[m.pattern().as_usize()];
-                let p = &lex.patterns[id];
-                if (p.right_boundary && alnum_at(text, m.end()))
-                    || (p.left_boundary && alnum_before(text, m.start()))
-                {
-                    continue;
-                }
-                out.push((id, m.start(), m.end()));
-            }
-        }
-        out
-    }
-
-    /// The breadth-first DFA reports exactly the hits, in exactly the order, of the crate's
-    /// DFA, and is smaller: texts built from the lexicon's own terms (ASCII and not) and
-    /// their prefixes, glued by spaces, punctuation, letters (to break boundaries) or nothing.
-    #[test]
-    fn compact_dfa_matches_aho_corasick() {
-        let lex = Lexicon::from_yaml(BUILTIN_YAML).unwrap();
-        let dfas = crate_dfas(&lex);
-        for (m, (_, ac)) in lex.automata.iter().zip(&dfas) {
-            assert!(
-                m.memory_usage() < ac.memory_usage(),
-                "compact {} B, crate {} B",
-                m.memory_usage(),
-                ac.memory_usage()
-            );
-        }
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
-        let glue = [" ", "", ". ", "x", "-", "é", " 3 "];
-        let mut texts = vec![String::new(), "plain words with no hit at all".to_owned()];
-        for _ in 0..3000 {
-            let mut t = String::new();
-            for _ in 0..1 + next(8) {
-                let term = &lex.patterns[next(lex.patterns.len())].term;
-                let chars = term.chars().count();
-                // Sometimes only a prefix, to stop in the middle of the trie.
-                let end = match term.char_indices().nth(1 + next(chars)) {
-                    Some((i, _)) if next(3) == 0 => i,
-                    _ => term.len(),
-                };
-                t.push_str(&term[..end]);
-                t.push_str(glue[next(glue.len())]);
-            }
-            texts.push(t);
-        }
-        let mut total = 0;
-        for text in &texts {
-            let mut got = Vec::new();
-            lex.for_each_hit(text, |p, s, e| {
-                got.push((p, s, e));
-                true
-            });
-            assert_eq!(got, reference(&lex, &dfas, text), "text {text:?}");
-            total += got.len();
-        }
-        assert!(
-            total > texts.len(),
-            "the texts hit the lexicon ({total} hits)"
-        );
-    }
 }
