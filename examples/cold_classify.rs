@@ -1,16 +1,26 @@
-//! Classification with warm and with cold caches, over the load generator's built-in corpus.
+//! Classification with warm and with cold caches, over the load generator's built-in corpus,
+//! with the classifier's tables on ordinary pages and on transparent huge pages, interleaved in
+//! one process (the sidecar's allocator, `src/huge_alloc.rs`, is this example's too).
 //!
-//! `hot`: the mean over 2,000 back-to-back calls. `cold`: the mean over 300 calls, each after
-//! writing one byte per cache line of a SWEEP_MIB buffer, which evicts the classifier's tables
-//! (64 MiB: every cache level; 2 MiB: L1 and L2 only). The sweep itself is not timed.
+//! `hot`: the mean over 2,000 back-to-back calls. `cold`: the mean over 300 calls, each after a
+//! sweep of a SWEEP_MIB buffer that is not timed. STRIDE 64 writes one byte per cache line
+//! (64 MiB: evicts every cache level and the TLB; 2 MiB: L1 and L2 only); STRIDE 4096 writes one
+//! byte per page, which evicts the TLB but little of the caches (64 MiB: 16,384 lines).
 //!
-//! Run: `cargo run --release --example cold_classify -- [SIZE_BYTES=300] [SWEEP_MIB=64]`
-//! (BENCHMARKS.md, "Classifier cache footprint").
+//! Run: `cargo run --release --example cold_classify -- [SIZE_BYTES=300] [SWEEP_MIB=64] [STRIDE=64]`
+//! (BENCHMARKS.md, "Huge pages for the automata").
+
+#[path = "../src/huge_alloc.rs"]
+mod huge_alloc;
+
+#[global_allocator]
+static ALLOCATOR: huge_alloc::HugeHint = huge_alloc::HugeHint;
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use threadwarden::classify::Classifier;
+use threadwarden::huge_pages;
 use threadwarden::loadgen::corpus::{Corpus, Mix, Size};
 
 fn arg(n: usize, default: usize) -> usize {
@@ -23,7 +33,21 @@ fn arg(n: usize, default: usize) -> usize {
 fn main() {
     let size = arg(1, 300);
     let sweep_mib = arg(2, 64);
-    let classifier = Classifier::builtin();
+    let stride = arg(3, 64).max(1);
+    let before = huge_pages::anon_huge_bytes().unwrap_or(0);
+    huge_pages::set_enabled(false);
+    let small = Classifier::builtin();
+    let between = huge_pages::anon_huge_bytes().unwrap_or(0);
+    huge_pages::set_enabled(true);
+    let huge = Classifier::builtin();
+    let after = huge_pages::anon_huge_bytes().unwrap_or(0);
+    println!(
+        "THP {}: huge pages {} MiB -> {} MiB (small-page classifier) -> {} MiB (huge-page classifier)",
+        huge_pages::thp_mode().unwrap_or_else(|| "unknown".into()),
+        before >> 20,
+        between >> 20,
+        after >> 20
+    );
     let mix = Mix {
         harmful_percent: 20,
         assistant_percent: 0,
@@ -33,33 +57,41 @@ fn main() {
         .into_iter()
         .map(|e| e.text)
         .collect();
+    let classifiers = [("small pages", &small), ("huge pages", &huge)];
 
-    for t in texts.iter().take(100) {
-        black_box(classifier.classify(t));
+    let mut hot = [0f64; 2];
+    for (k, (_, c)) in classifiers.iter().enumerate() {
+        for t in texts.iter().take(100) {
+            black_box(c.classify(t));
+        }
+        let calls = 2000;
+        let start = Instant::now();
+        for i in 0..calls {
+            black_box(c.classify(black_box(&texts[i % texts.len()])));
+        }
+        hot[k] = start.elapsed().as_nanos() as f64 / calls as f64;
     }
-    let calls = 2000;
-    let start = Instant::now();
-    for i in 0..calls {
-        black_box(classifier.classify(black_box(&texts[i % texts.len()])));
-    }
-    let hot = start.elapsed().as_nanos() as f64 / calls as f64;
 
+    // Cold: the two classifiers alternate, each call after its own sweep.
     let mut buf = vec![1u8; sweep_mib << 20];
     let calls = 300;
-    let mut cold_total = 0u128;
+    let mut cold_total = [0u128; 2];
     for i in 0..calls {
-        for j in (0..buf.len()).step_by(64) {
-            buf[j] = buf[j].wrapping_add(i as u8);
+        for (k, (_, c)) in classifiers.iter().enumerate() {
+            for j in (0..buf.len()).step_by(stride) {
+                buf[j] = buf[j].wrapping_add(i as u8);
+            }
+            let start = Instant::now();
+            black_box(c.classify(black_box(&texts[(i * 7) % texts.len()])));
+            cold_total[k] += start.elapsed().as_nanos();
         }
-        let start = Instant::now();
-        black_box(classifier.classify(black_box(&texts[(i * 7) % texts.len()])));
-        cold_total += start.elapsed().as_nanos();
     }
     black_box(&buf);
-    let cold = cold_total as f64 / calls as f64;
-    println!(
-        "{size} B, sweep {sweep_mib} MiB: hot {:.2} µs, cold {:.2} µs",
-        hot / 1e3,
-        cold / 1e3
-    );
+    for (k, (name, _)) in classifiers.iter().enumerate() {
+        println!(
+            "{size} B, sweep {sweep_mib} MiB stride {stride}, {name}: hot {:.2} µs, cold {:.2} µs",
+            hot[k] / 1e3,
+            cold_total[k] as f64 / calls as f64 / 1e3
+        );
+    }
 }

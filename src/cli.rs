@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Deadline of a unary call (a client's shorter grpc-timeout wins).
     #[arg(long, env = "THREADWARDEN_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
+    /// Put the classifier's automata (~38 MB) on transparent huge pages, where the kernel's THP
+    /// mode is `always` or `madvise`: fewer TLB misses per message at low rates. No extra memory.
+    #[arg(long, env = "THREADWARDEN_HUGE_PAGES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub huge_pages: bool,
     /// Webhook (http:// or https://) notified when a thread enters crisis: hashed thread, kind,
     /// locale; never text.
     #[arg(long, env = "THREADWARDEN_CRISIS_WEBHOOK")]
@@ -309,6 +313,8 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    // Before anything builds the classifier.
+    crate::huge_pages::set_enabled(args.huge_pages);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,6 +22,8 @@
 //! - [`eval`], [`train`]: measuring on labelled public data; training the learned component.
 //! - [`cli`], [`check`], [`replay`]: the command line.
 //! - [`domain`]: the vocabulary shared by `classify` and `policy`.
+//! - [`huge_pages`]: the scope that puts the classifier's tables on transparent huge pages
+//!   (the binary's allocator does the placing).
 //! - [`loadgen`]: the measurement harness (`threadwarden loadgen`) and its echo baseline.
 //! - [`fuzz_harness`]: invariant-checking harnesses shared by `fuzz/` and the corpus replay.
 #![forbid(unsafe_code)]
@@ -36,6 +38,7 @@ pub mod domain;
 pub mod engine;
 pub mod eval;
 pub mod fuzz_harness;
+pub mod huge_pages;
 pub mod listener;
 pub mod loadgen;
 pub mod policy;

@@ -221,6 +221,7 @@ impl App {
                 hash_seed: config.hash_seed,
             },
         );
+        log_classifier_pages();
         Ok(App {
             engine: Arc::new(engine),
             policy_tx,
@@ -425,6 +426,19 @@ impl App {
         decision_log.close();
         Ok(())
     }
+}
+
+/// Logs whether the classifier's tables got transparent huge pages (see [`crate::huge_pages`]):
+/// under THP `never`, or from a build without the binary's allocator, they did not, and each
+/// message costs more at low rates. Only logs: the pages are an optimisation.
+fn log_classifier_pages() {
+    let thp = crate::huge_pages::thp_mode();
+    let huge_mib = crate::huge_pages::anon_huge_bytes().map(|b| b >> 20);
+    tracing::info!(
+        thp = thp.as_deref().unwrap_or("unknown"),
+        anon_huge_pages_mib = huge_mib,
+        "classifier ready"
+    );
 }
 
 /// A listener bound by the caller, moved onto the runtime, with its address for the logs.

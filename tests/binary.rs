@@ -520,3 +520,40 @@ fn every_example_conversation_replays_as_expected() {
         assert!(!stdout.contains("EXPECTED"), "{stdout}");
     }
 }
+
+/// The classifier's automata (~38 MB) sit on transparent huge pages when the kernel allows it:
+/// the binary's allocator advises them (`src/main.rs`), and the startup log says what the
+/// kernel gave. Checked against `/proc/<pid>/smaps_rollup` as well as the log.
+#[test]
+fn the_classifier_tables_are_on_huge_pages_when_the_kernel_allows() {
+    let (mut child, lines) = start_raw(&["--listen", "127.0.0.1:0", "--decision-log", "off"]);
+    let ready = lines
+        .iter()
+        .find(|v| v["message"] == "classifier ready")
+        .unwrap_or_else(|| panic!("no `classifier ready` line: {lines:?}"))
+        .clone();
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id())).unwrap();
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(15));
+    let huge_kib: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("AnonHugePages in smaps_rollup");
+    let thp = ready["thp"].as_str().unwrap().to_owned();
+    let logged = ready["anon_huge_pages_mib"].as_u64().expect("a figure");
+    match thp.as_str() {
+        "always" | "madvise" => {
+            // The ASCII automaton alone is 32 MB: at least 8 whole huge pages of it.
+            assert!(
+                logged >= 16 && huge_kib >= 16 * 1024,
+                "THP {thp}: log {logged} MiB, smaps {huge_kib} KiB in huge pages"
+            );
+        }
+        other => {
+            eprintln!("THP is `{other}` here: nothing to check beyond the log line");
+            assert_eq!(logged, 0, "{ready}");
+        }
+    }
+}

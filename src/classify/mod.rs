@@ -70,10 +70,12 @@ pub struct Hit {
 impl Classifier {
     /// The classifier over the embedded lexicon; panics only if the embedded data is broken.
     pub fn builtin() -> Classifier {
-        let model = Model::from_bytes(MODEL_BYTES)
-            .expect("embedded model.bin is valid")
-            .adopted();
-        Classifier::rules_only().with_model(Some(model))
+        crate::huge_pages::prefer(|| {
+            let model = Model::from_bytes(MODEL_BYTES)
+                .expect("embedded model.bin is valid")
+                .adopted();
+            Classifier::rules_only().with_model(Some(model))
+        })
     }
 
     /// The classifier over the embedded lexicon alone, without the learned component.
@@ -96,10 +98,11 @@ impl Classifier {
             .clone()
     }
 
-    /// A classifier over a lexicon document in the embedded format.
+    /// A classifier over a lexicon document in the embedded format. Its automata are built
+    /// inside [`crate::huge_pages::prefer`]: every message walks them at scattered places.
     pub fn from_yaml(yaml: &str) -> Result<Classifier, LexiconError> {
         Ok(Classifier {
-            lexicon: Lexicon::from_yaml(yaml)?,
+            lexicon: crate::huge_pages::prefer(|| Lexicon::from_yaml(yaml))?,
             model: None,
         })
     }
