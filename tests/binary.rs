@@ -556,4 +556,22 @@ fn the_classifier_tables_are_on_huge_pages_when_the_kernel_allows() {
             assert_eq!(logged, 0, "{ready}");
         }
     }
+    if thp == "madvise" {
+        // Only the advice gives huge pages under `madvise`: switched off, there are none.
+        let (mut child, lines) = start_raw(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--decision-log",
+            "off",
+            "--huge-pages",
+            "false",
+        ]);
+        sigterm(&child);
+        wait_exit(&mut child, Duration::from_secs(15));
+        let off = lines
+            .iter()
+            .find(|v| v["message"] == "classifier ready")
+            .and_then(|v| v["anon_huge_pages_mib"].as_u64());
+        assert_eq!(off, Some(0), "{lines:?}");
+    }
 }

@@ -77,7 +77,16 @@ struct Snap {
     actions: [u64; 4],
 }
 
-/// A point in time of a run: the counters and both processes' CPU time.
+/// What the load generator may read of the server under test: its process (CPU, memory) and,
+/// for a sidecar, its admin port (the classifier's own timing).
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub pid: Option<u32>,
+    pub admin: Option<String>,
+}
+
+/// A point in time of a run: the counters, both processes' CPU time, and the sidecar's
+/// classification histogram (seconds, count).
 #[derive(Clone, Copy, Debug)]
 struct Mark {
     at: Instant,
@@ -85,16 +94,27 @@ struct Mark {
     server_cpu_us: Option<u64>,
     server_sys_us: Option<u64>,
     client_cpu_us: Option<u64>,
+    classified: Option<(f64, f64)>,
 }
 
-fn mark(counters: &Counters, server_pid: Option<u32>) -> Mark {
-    let server = server_pid.and_then(|p| procs::cpu_split(&p.to_string()));
+async fn mark(counters: &Counters, probe: &Probe) -> Mark {
+    // The admin scrape is a blocking loopback HTTP GET: off the runtime's workers, so that an
+    // open-loop sender on them keeps its schedule.
+    let classified = match probe.admin.clone() {
+        Some(admin) => tokio::task::spawn_blocking(move || procs::classification(&admin))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let server = probe.pid.and_then(|p| procs::cpu_split(&p.to_string()));
     Mark {
         at: Instant::now(),
         snap: counters.snap(),
         server_cpu_us: server.map(|(u, s)| u + s),
         server_sys_us: server.map(|(_, s)| s),
         client_cpu_us: procs::cpu_micros("self"),
+        classified,
     }
 }
 
@@ -161,6 +181,11 @@ pub struct Measured {
     pub server_sys_share: Option<f64>,
     /// The load generator's own CPU per event (it shares the machine).
     pub client_cpu_us_per_event: Option<f64>,
+    /// Sidecar only: mean time `Classifier::classify` took per classified event in the window,
+    /// inside the server (its `threadwarden_classification_duration_seconds` histogram): the
+    /// classifier's cost with the caches the server really has, against the warm
+    /// microbenchmark's.
+    pub server_classify_us: Option<f64>,
     pub server_rss_kib: Option<u64>,
     /// Answer latency: from the intended send instant (open loop), or per call (unary).
     pub latency: Option<Latency>,
@@ -176,7 +201,7 @@ impl Measured {
         a: Mark,
         b: Mark,
         counters: &Counters,
-        server_pid: Option<u32>,
+        probe: &Probe,
         latency: Option<Latency>,
     ) -> Measured {
         let secs = b.at.duration_since(a.at).as_secs_f64();
@@ -212,7 +237,11 @@ impl Measured {
                 _ => None,
             },
             client_cpu_us_per_event: per_event(a.client_cpu_us, b.client_cpu_us),
-            server_rss_kib: server_pid.and_then(|p| procs::rss_kib(&p.to_string())),
+            server_rss_kib: probe.pid.and_then(|p| procs::rss_kib(&p.to_string())),
+            server_classify_us: match (a.classified, b.classified) {
+                (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => Some((s1 - s0) / (n1 - n0) * 1e6),
+                _ => None,
+            },
             latency,
             ..Measured::default()
         }
@@ -351,7 +380,7 @@ pub async fn streams(
     connections: usize,
     window: usize,
     timing: Timing,
-    server_pid: Option<u32>,
+    probe: Probe,
 ) -> Result<Measured, String> {
     let channels = connect(addr, connections.min(streams.max(1))).await?;
     let counters = Arc::new(Counters::default());
@@ -372,10 +401,10 @@ pub async fn streams(
         ));
     }
     tokio::time::sleep(timing.warmup).await;
-    let a = mark(&counters, server_pid);
+    let a = mark(&counters, &probe).await;
     tokio::time::sleep(timing.duration).await;
-    let b = mark(&counters, server_pid);
-    let mut m = Measured::window(a, b, &counters, server_pid, None);
+    let b = mark(&counters, &probe).await;
+    let mut m = Measured::window(a, b, &counters, &probe, None);
     plan.stop.store(true, Relaxed);
     if tokio::time::timeout(Duration::from_secs(30), async {
         while tasks.join_next().await.is_some() {}
@@ -398,7 +427,7 @@ pub async fn unary(
     in_flight: usize,
     connections: usize,
     timing: Timing,
-    server_pid: Option<u32>,
+    probe: Probe,
 ) -> Result<Measured, String> {
     let channels = connect(addr, connections).await?;
     let counters = Arc::new(Counters::default());
@@ -449,13 +478,13 @@ pub async fn unary(
         });
     }
     tokio::time::sleep(timing.warmup).await;
-    let a = mark(&counters, server_pid);
+    let a = mark(&counters, &probe).await;
     phase.store(1, Relaxed);
     tokio::time::sleep(timing.duration).await;
     phase.store(2, Relaxed);
-    let b = mark(&counters, server_pid);
+    let b = mark(&counters, &probe).await;
     let latency = Latency::of(&hist.lock().expect("histogram"));
-    let mut m = Measured::window(a, b, &counters, server_pid, latency);
+    let mut m = Measured::window(a, b, &counters, &probe, latency);
     if tokio::time::timeout(Duration::from_secs(30), async {
         while tasks.join_next().await.is_some() {}
     })
@@ -482,7 +511,7 @@ pub async fn open_loop(
     connections: usize,
     timing: Timing,
     spin: Duration,
-    server_pid: Option<u32>,
+    probe: Probe,
 ) -> Result<Measured, String> {
     let streams = streams.max(1);
     let channels = connect(addr, connections.min(streams)).await?;
@@ -601,7 +630,7 @@ pub async fn open_loop(
         })
     };
     tokio::time::sleep_until((t0 + timing.warmup).into()).await;
-    let a = mark(&counters, server_pid);
+    let a = mark(&counters, &probe).await;
     let window_end = t0 + timing.warmup + timing.duration;
     tokio::time::sleep_until(window_end.into()).await;
     // Let the last answers of the window arrive (they are counted by event number, not time).
@@ -609,7 +638,7 @@ pub async fn open_loop(
     while counters.answered.load(Relaxed) < total && Instant::now() < drain_by {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let b = mark(&counters, server_pid);
+    let b = mark(&counters, &probe).await;
     let lag = tokio::task::spawn_blocking(move || sender.join())
         .await
         .map_err(|e| e.to_string())?
@@ -623,7 +652,7 @@ pub async fn open_loop(
         counters.fail("streams did not finish within 30 s of the last send");
     }
     let latency = Latency::of(&hist.lock().expect("histogram"));
-    let mut m = Measured::window(a, b, &counters, server_pid, latency);
+    let mut m = Measured::window(a, b, &counters, &probe, latency);
     // The window's events are the scheduled ones (answers are timed by their number).
     let answered_in_window = latency.map(|l| l.count).unwrap_or(0);
     m.events = answered_in_window;
@@ -667,8 +696,8 @@ pub async fn scale(
         limit: Some(events),
         release: Some(release_rx),
     };
-    let pid = Some(server.pid());
-    let a = mark(&counters, pid);
+    let probe = server.probe();
+    let a = mark(&counters, &probe).await;
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..streams {
         tasks.spawn(pipelined_stream(
@@ -682,8 +711,8 @@ pub async fn scale(
     while counters.answered.load(Relaxed) < events && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let b = mark(&counters, pid);
-    let mut m = Measured::window(a, b, &counters, pid, None);
+    let b = mark(&counters, &probe).await;
+    let mut m = Measured::window(a, b, &counters, &probe, None);
     m.streams_opened = Some(counters.opened.load(Relaxed));
     m.threads_held = server
         .metric("threadwarden_active_threads")

@@ -125,6 +125,10 @@ pub struct LoadgenArgs {
     /// Nagle behaviour of a listener served through `serve_with_incoming*`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub echo_tcp_nodelay: bool,
+    /// An extra flag for each sidecar started (repeat it), for A/B runs of one binary:
+    /// `--sidecar-arg=--huge-pages=false`.
+    #[arg(long = "sidecar-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub sidecar_args: Vec<String>,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
@@ -397,6 +401,8 @@ pub struct Summary {
     pub sidecar_cpu_us_per_event: Option<Spread>,
     pub echo_cpu_us_per_event: Option<Spread>,
     pub added_cpu_us: Option<Spread>,
+    /// The classifier's mean time per event inside the sidecar (`Measured::server_classify_us`).
+    pub sidecar_classify_us: Option<Spread>,
     pub sidecar_p50_us: Option<Spread>,
     pub sidecar_p99_us: Option<Spread>,
     pub sidecar_p999_us: Option<Spread>,
@@ -426,6 +432,7 @@ impl Summary {
             sidecar_cpu_us_per_event: s(&|r| r.sidecar.server_cpu_us_per_event),
             echo_cpu_us_per_event: s(&|r| r.echo.as_ref()?.server_cpu_us_per_event),
             added_cpu_us: s(&|r| r.added_cpu_us),
+            sidecar_classify_us: s(&|r| r.sidecar.server_classify_us),
             sidecar_p50_us: s(&|r| lat(&r.sidecar, |l| l.p50_us)),
             sidecar_p99_us: s(&|r| lat(&r.sidecar, |l| l.p99_us)),
             sidecar_p999_us: s(&|r| lat(&r.sidecar, |l| l.p999_us)),
@@ -531,6 +538,9 @@ fn describe(m: &Measured) -> String {
     if let Some(c) = m.server_cpu_us_per_event {
         s += &format!(", server {c:.2} µs CPU/ev");
     }
+    if let Some(c) = m.server_classify_us {
+        s += &format!(" (classify {c:.2} µs in the server)");
+    }
     if let Some(l) = &m.latency {
         s += &format!(", p50 {:.0} µs p99 {:.0} µs", l.p50_us, l.p99_us);
     }
@@ -551,7 +561,7 @@ async fn run_scenario(
     generator: Arc<Generator>,
     timing: Timing,
     spin: Duration,
-    pid: Option<u32>,
+    probe: client::Probe,
 ) -> Result<Measured, String> {
     match *sc {
         Scenario::Streams {
@@ -559,11 +569,11 @@ async fn run_scenario(
             connections,
             window,
             ..
-        } => client::streams(addr, generator, streams, connections, window, timing, pid).await,
+        } => client::streams(addr, generator, streams, connections, window, timing, probe).await,
         Scenario::Unary {
             in_flight,
             connections,
-        } => client::unary(addr, generator, in_flight, connections, timing, pid).await,
+        } => client::unary(addr, generator, in_flight, connections, timing, probe).await,
         Scenario::OpenLoop {
             rate,
             streams,
@@ -578,7 +588,7 @@ async fn run_scenario(
                 connections,
                 timing,
                 spin,
-                pid,
+                probe,
             )
             .await
         }
@@ -589,7 +599,7 @@ async fn run_scenario(
 fn echo_flags(args: &LoadgenArgs, kind: Kind) -> Vec<String> {
     match kind {
         Kind::Echo => vec!["--tcp-nodelay".into(), args.echo_tcp_nodelay.to_string()],
-        Kind::Sidecar => Vec::new(),
+        Kind::Sidecar => args.sidecar_args.clone(),
     }
 }
 
@@ -604,14 +614,15 @@ fn measure_child(
     args: &LoadgenArgs,
     timing: Timing,
 ) -> Result<Measured, String> {
-    let scale = matches!(sc, Scenario::Scale { .. });
     let mut fresh = None;
     let server = match reuse {
         Some(s) => s,
+        // The sidecar's admin port gives the scale run its thread count and every run the
+        // classifier's in-server timing.
         None => fresh.insert(Server::start(
             bin,
             kind,
-            scale && kind == Kind::Sidecar,
+            kind == Kind::Sidecar,
             &echo_flags(args, kind),
         )?),
     };
@@ -639,7 +650,7 @@ fn measure_child(
             generator.clone(),
             timing,
             args.spin,
-            Some(server.pid()),
+            server.probe(),
         ))?,
     };
     if !server.alive() {
@@ -700,7 +711,7 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
     let bin = procs::server_bin(args.server_bin.as_ref())?;
     let mut reused = match (args.reuse_servers, &args.target) {
         (true, None) => Some((
-            Server::start(&bin, Kind::Sidecar, true, &[])?,
+            Server::start(&bin, Kind::Sidecar, true, &args.sidecar_args)?,
             Server::start(&bin, Kind::Echo, false, &echo_flags(&args, Kind::Echo))?,
         )),
         _ => None,
@@ -725,7 +736,7 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
                         generator.clone(),
                         timing,
                         args.spin,
-                        None,
+                        client::Probe::default(),
                     ))?;
                     progress(
                         &args,

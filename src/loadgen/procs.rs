@@ -137,16 +137,43 @@ impl Server {
 
     /// A Prometheus sample from its admin port's /metrics (HTTP/1.0, no client library).
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let admin = self.admin.as_ref()?;
-        let mut s = std::net::TcpStream::connect(admin).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        metric(&scrape(self.admin.as_ref()?)?, name)
     }
+
+    /// What the load generator reads of this server during a run.
+    pub fn probe(&self) -> crate::loadgen::client::Probe {
+        crate::loadgen::client::Probe {
+            pid: Some(self.pid()),
+            admin: self.admin.clone(),
+        }
+    }
+}
+
+/// The Prometheus text of a sidecar's admin port (blocking, loopback).
+fn scrape(admin: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of an unlabelled sample.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The sidecar's classification histogram so far: (sum of seconds, count).
+pub fn classification(admin: &str) -> Option<(f64, f64)> {
+    let body = scrape(admin)?;
+    let name = "threadwarden_classification_duration_seconds";
+    Some((
+        metric(&body, &format!("{name}_sum"))?,
+        metric(&body, &format!("{name}_count"))?,
+    ))
 }
 
 impl Drop for Server {

@@ -311,14 +311,17 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             w,
-            "| scenario | sidecar p50 | sidecar p99 | sidecar p99.9 | echo p50 | echo p99 | echo p99.9 | added p50 | added p99 | added p99.9 | sender lag p50 / p99 |"
+            "| scenario | sidecar p50 | sidecar p99 | sidecar p99.9 | echo p50 | echo p99 | echo p99.9 | added p50 | added p99 | added p99.9 | sender lag p50 / p99 | classify in the server |"
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            w,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for x in &open {
             let m = &x.summary;
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
                 x.label,
                 spread(m.sidecar_p50_us.as_ref(), 1),
                 spread(m.sidecar_p99_us.as_ref(), 1),
@@ -331,6 +334,7 @@ pub fn markdown(r: &Report) -> String {
                 spread(m.added_p999_us.as_ref(), 1),
                 spread(m.send_lag_p50_us.as_ref(), 1),
                 spread(m.send_lag_p99_us.as_ref(), 1),
+                spread(m.sidecar_classify_us.as_ref(), 2),
             );
         }
         let _ = writeln!(w);
@@ -363,11 +367,11 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(w, "#### Every run\n");
     let _ = writeln!(
         w,
-        "| scenario | run | server | events/s | server CPU µs/event | server cores | p50 µs | p99 µs | p99.9 µs | RSS | REDIRECT+END | failures |"
+        "| scenario | run | server | events/s | server CPU µs/event | classify µs in the server | server cores | p50 µs | p99 µs | p99.9 µs | RSS | REDIRECT+END | failures |"
     );
     let _ = writeln!(
         w,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in &r.scenarios {
         for p in &x.runs {
@@ -376,11 +380,12 @@ pub fn markdown(r: &Report) -> String {
                 let l = m.latency.as_ref();
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     x.id,
                     p.run,
                     m.events_per_sec,
                     opt(m.server_cpu_us_per_event, 2),
+                    opt(m.server_classify_us, 2),
                     opt(m.server_cores, 2),
                     opt(l.map(|l| l.p50_us), 1),
                     opt(l.map(|l| l.p99_us), 1),
