@@ -6,22 +6,26 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
 
+/// `threadwarden loadgen --quick` with these arguments.
+fn quick(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["loadgen", "--quick"])
+        .args(args)
+        .output()
+        .expect("run loadgen")
+}
+
 #[test]
 fn quick_loadgen_measures_the_sidecar_beside_the_echo_server() {
     let dir = tempfile::tempdir().unwrap();
     let md = dir.path().join("report.md");
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--quick",
-            "--json",
-            "--scenarios",
-            "pipelined,unary,latency",
-        ])
-        .arg("--markdown")
-        .arg(&md)
-        .output()
-        .expect("run loadgen");
+    let out = quick(&[
+        "--json",
+        "--scenarios",
+        "pipelined,unary,latency",
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "loadgen failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -103,10 +107,7 @@ fn quick_loadgen_measures_the_sidecar_beside_the_echo_server() {
 
 #[test]
 fn loadgen_fails_on_an_unknown_scenario() {
-    let out = Command::new(BIN)
-        .args(["loadgen", "--quick", "--scenarios", "warp-speed"])
-        .output()
-        .unwrap();
+    let out = quick(&["--scenarios", "warp-speed"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
 }
@@ -114,31 +115,17 @@ fn loadgen_fails_on_an_unknown_scenario() {
 #[test]
 fn sidecar_args_reach_the_sidecar() {
     // A flag `serve` rejects makes the sidecar fail to start, and the run with it.
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--quick",
-            "--scenarios",
-            "pipelined",
-            "--sidecar-arg=--no-such-flag",
-        ])
-        .output()
-        .expect("run loadgen");
+    let out = quick(&["--scenarios", "pipelined", "--sidecar-arg=--no-such-flag"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-flag"), "{stderr}");
     // And one it accepts is used: the classifier's tables on ordinary pages still classify.
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--quick",
-            "--json",
-            "--scenarios",
-            "pipelined",
-            "--sidecar-arg=--huge-pages=false",
-        ])
-        .output()
-        .expect("run loadgen");
+    let out = quick(&[
+        "--json",
+        "--scenarios",
+        "pipelined",
+        "--sidecar-arg=--huge-pages=false",
+    ]);
     assert!(
         out.status.success(),
         "{}",
