@@ -2,17 +2,18 @@
 //! readings that tell whether the kernel gave them.
 //!
 //! The lexicon's automata are ~38 MB of transition tables that every message walks at
-//! scattered places. With 4 KiB pages that is ~9,500 pages, far beyond the TLB, so between
+//! scattered places. With 4 KiB pages that is ~9,300 pages, far beyond the TLB, so between
 //! messages (a sidecar at a few thousand events per second shares its cores with the network
-//! stack and the chat server) most steps of the walk miss the TLB as well as the caches. Backed by
-//! 2 MiB pages the same tables need ~20 TLB entries.
+//! stack and the chat server) most steps of the walk miss the TLB as well as the caches. Backed
+//! by 2 MiB pages the same tables need ~20 TLB entries.
 //!
 //! This module holds no unsafe code: it only marks a scope. The binary's global allocator
-//! (`src/huge_alloc.rs`, installed by `src/main.rs`) reads [`preferred`] and, for large allocations made inside the scope, aligns
-//! them to 2 MiB and advises the kernel to back them with huge pages (`MADV_HUGEPAGE`). Without
-//! that allocator (tests, benches, a library user) the scope changes nothing. The pages cost no
-//! extra memory: the tables are written whole while they are built, so they are resident either
-//! way; only the last partial 2 MiB of each table stays in small pages.
+//! (`src/huge_alloc.rs`, installed by `src/main.rs`) reads [`preferred`] and, for large
+//! allocations made inside the scope, aligns them to 2 MiB and advises the kernel to back them
+//! with huge pages (`MADV_HUGEPAGE`). Without that allocator (tests, benches, a library user) the
+//! scope changes nothing. The pages cost no extra memory: the tables are written whole while
+//! they are built, so they are resident either way; only the last partial 2 MiB of each table
+//! stays in small pages.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
