@@ -522,7 +522,7 @@ fn every_example_conversation_replays_as_expected() {
 }
 
 /// The classifier's automata (~38 MB) sit on transparent huge pages when the kernel allows it:
-/// the binary's allocator advises them (`src/main.rs`), and the startup log says what the
+/// the binary's allocator advises them (`src/huge_alloc.rs`), and the startup log says what the
 /// kernel gave. Checked against `/proc/<pid>/smaps_rollup` as well as the log.
 #[test]
 fn the_classifier_tables_are_on_huge_pages_when_the_kernel_allows() {

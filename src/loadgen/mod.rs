@@ -596,7 +596,8 @@ async fn run_scenario(
     }
 }
 
-fn echo_flags(args: &LoadgenArgs, kind: Kind) -> Vec<String> {
+/// The extra flags each kind of child server is started with.
+fn server_flags(args: &LoadgenArgs, kind: Kind) -> Vec<String> {
     match kind {
         Kind::Echo => vec!["--tcp-nodelay".into(), args.echo_tcp_nodelay.to_string()],
         Kind::Sidecar => args.sidecar_args.clone(),
@@ -623,7 +624,7 @@ fn measure_child(
             bin,
             kind,
             kind == Kind::Sidecar,
-            &echo_flags(args, kind),
+            &server_flags(args, kind),
         )?),
     };
     let m = match *sc {
@@ -711,8 +712,13 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
     let bin = procs::server_bin(args.server_bin.as_ref())?;
     let mut reused = match (args.reuse_servers, &args.target) {
         (true, None) => Some((
-            Server::start(&bin, Kind::Sidecar, true, &args.sidecar_args)?,
-            Server::start(&bin, Kind::Echo, false, &echo_flags(&args, Kind::Echo))?,
+            Server::start(
+                &bin,
+                Kind::Sidecar,
+                true,
+                &server_flags(&args, Kind::Sidecar),
+            )?,
+            Server::start(&bin, Kind::Echo, false, &server_flags(&args, Kind::Echo))?,
         )),
         _ => None,
     };
