@@ -60,7 +60,7 @@ impl Server {
         let stdout = child.stdout.take().expect("piped");
         let mut stderr_pipe = child.stderr.take().expect("piped");
         let stderr = Arc::new(Mutex::new(String::new()));
-        {
+        let stderr_reader = {
             let stderr = stderr.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -76,8 +76,8 @@ impl Server {
                         s.drain(..cut);
                     }
                 }
-            });
-        }
+            })
+        };
         // Read the log until "serving", then keep draining it so that the child never blocks.
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -96,10 +96,18 @@ impl Server {
             let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => l,
                 Err(_) => {
+                    // Timed out, or the child closed stdout (it exited). Either way, stop it and
+                    // wait for its stderr to be drained to EOF before quoting it: the reader
+                    // thread may not have run yet when a child fails fast (a flag it rejects).
                     let _ = child.kill();
-                    let _ = child.wait();
+                    let status = child.wait();
+                    let _ = stderr_reader.join();
                     let err = stderr.lock().expect("stderr").clone();
-                    return Err(format!("{} did not log \"serving\": {err}", kind.name()));
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    return Err(format!(
+                        "{} did not log \"serving\" ({status}): {err}",
+                        kind.name()
+                    ));
                 }
             };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
