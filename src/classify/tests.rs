@@ -39,6 +39,16 @@ fn broken_lexicon_is_an_error_not_a_panic() {
     ] {
         assert!(Classifier::from_yaml(yaml).is_err(), "accepted: {yaml}");
     }
+    // A term past the 1 KiB limit is refused by name, not truncated or panicked on.
+    let long = format!(
+        "version: 1\naffirmation: {{max_tokens: 1, words: [], fillers: [], negators: []}}\ngroups:\n- {{id: x, role: direct, category: hate, terms: [{}]}}",
+        "a".repeat(1025)
+    );
+    let err = Classifier::from_yaml(&long)
+        .err()
+        .expect("a 1025-byte term");
+    assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
+    assert!(Classifier::from_yaml(&long.replace(&"a".repeat(1025), &"a".repeat(1024))).is_ok());
 }
 
 #[test]
