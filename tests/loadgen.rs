@@ -139,3 +139,40 @@ fn sidecar_args_reach_the_sidecar() {
             > 0
     );
 }
+
+#[test]
+fn prime_fills_the_thread_table_before_the_window() {
+    use threadwarden::loadgen::procs::{Kind, Server};
+    // A sidecar of our own, so that its thread table can be read afterwards.
+    let server = Server::start(std::path::Path::new(BIN), Kind::Sidecar, true, &[])
+        .expect("start the sidecar");
+    let held = || server.metric("threadwarden_active_threads").unwrap_or(-1.0);
+    assert_eq!(held(), 0.0);
+    // 5,000 threads, primed once before the first of the two scenarios (the target is
+    // reused). The two open-loop windows send ~1,600 events in all (1,000/s for 0.8 s each),
+    // so without the priming pass most threads would never be seen.
+    let out = quick(&[
+        "--target",
+        &server.addr,
+        "--prime",
+        "--threads",
+        "5000",
+        "--scenarios",
+        "latency,latency-streams",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("primed the target: 5000 threads").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(held(), 5000.0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["settings"]["prime"], true);
+    let m = &report["scenarios"][0]["runs"][0]["sidecar"];
+    assert_eq!(m["failures"], 0, "{m}");
+    assert_eq!(m["event_errors"], 0, "{m}");
+    assert!(m["events"].as_u64().unwrap() > 0, "{m}");
+}

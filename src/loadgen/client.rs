@@ -672,6 +672,49 @@ pub async fn open_loop(
     Ok(m)
 }
 
+/// Event numbers of the priming pass start here, far above any measured run's, so that no
+/// primed event id is ever sent again (which the sidecar would answer as a replay).
+pub const PRIME_BASE: u64 = 1 << 62;
+
+/// One event per distinct thread id, on one pipelined stream (window 1,024), before a measured
+/// run: a fresh server's thread table then holds every thread, and the run measures updates
+/// rather than first inserts and their page faults. Returns the events answered; every one must
+/// be, with a verdict.
+pub async fn prime(addr: &str, generator: Arc<Generator>) -> Result<u64, String> {
+    let threads = generator.threads();
+    let channel = connect(addr, 1).await?.remove(0);
+    let counters = Arc::new(Counters::default());
+    let plan = SendPlan {
+        generator,
+        seq: Arc::new(AtomicU64::new(PRIME_BASE)),
+        stop: Arc::new(AtomicBool::new(false)),
+        limit: Some(PRIME_BASE + threads),
+        release: None,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        pipelined_stream(channel, plan, 1024, counters.clone()),
+    )
+    .await
+    .map_err(|_| "priming did not finish within 600 s".to_string())?;
+    let answered = counters.answered.load(Relaxed);
+    let failures = counters.failures.load(Relaxed);
+    let errors = counters.event_errors.load(Relaxed);
+    if failures > 0 || errors > 0 || answered != threads {
+        return Err(format!(
+            "priming: {answered} of {threads} events answered, {errors} event errors, \
+             {failures} failures ({})",
+            counters
+                .first_failure
+                .lock()
+                .expect("failure")
+                .as_deref()
+                .unwrap_or("")
+        ));
+    }
+    Ok(answered)
+}
+
 /// The scale run: `streams` pipelined streams over `connections`, each with `window`
 /// outstanding, until `events` events have been answered (with one event per distinct thread
 /// first, `events` equal to the thread count makes that many live threads); then, with every

@@ -136,6 +136,11 @@ pub struct LoadgenArgs {
     /// processes (instead of fresh ones per run).
     #[arg(long)]
     pub reuse_servers: bool,
+    /// Before each measured run (once per reused or --target server), send one event per thread
+    /// id on one stream, so that the run measures a server whose thread table already holds
+    /// every thread (updates, not first inserts and their page faults). Not timed.
+    #[arg(long)]
+    pub prime: bool,
     /// Smoke mode: every scenario once, small and short (under a second per server), servers
     /// reused, no in-process classifier timing.
     #[arg(long)]
@@ -616,6 +621,7 @@ fn measure_child(
     timing: Timing,
 ) -> Result<Measured, String> {
     let mut fresh = None;
+    let reused = reuse.is_some();
     let server = match reuse {
         Some(s) => s,
         // The sidecar's admin port gives the scale run its thread count and every run the
@@ -627,6 +633,11 @@ fn measure_child(
             &server_flags(args, kind),
         )?),
     };
+    if args.prime && !server.primed && !matches!(sc, Scenario::Scale { .. }) {
+        prime(rt, args, &server.addr, generator, kind.name())?;
+        // A reused server keeps its threads; priming it again would only send replays.
+        server.primed = reused;
+    }
     let m = match *sc {
         Scenario::Scale {
             streams,
@@ -663,6 +674,26 @@ fn measure_child(
         ));
     }
     Ok(m)
+}
+
+/// The `--prime` pass against `addr`, with its figures on the progress line.
+fn prime(
+    rt: &tokio::runtime::Runtime,
+    args: &LoadgenArgs,
+    addr: &str,
+    generator: &Arc<Generator>,
+    name: &str,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let n = rt.block_on(client::prime(addr, generator.clone()))?;
+    progress(
+        args,
+        format!(
+            "primed the {name}: {n} threads in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(())
 }
 
 /// Runs the suite as the flags say and returns the report.
@@ -723,6 +754,7 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
         _ => None,
     };
     let mut results = Vec::new();
+    let mut target_primed = false;
     for sc in &scenarios {
         let mut runs = Vec::new();
         let n_runs = if matches!(sc, Scenario::Scale { .. }) {
@@ -735,6 +767,10 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
                 Some(addr) => {
                     if matches!(sc, Scenario::Scale { .. }) {
                         return Err("--target cannot run the scale scenario".into());
+                    }
+                    if args.prime && !target_primed {
+                        prime(&rt, &args, addr, &generator, "target")?;
+                        target_primed = true;
                     }
                     let m = rt.block_on(run_scenario(
                         sc,
@@ -808,6 +844,7 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
             "echo_tcp_nodelay": args.echo_tcp_nodelay,
             "quick": args.quick,
             "reuse_servers": args.reuse_servers,
+            "prime": args.prime,
             "target": args.target,
             "server_bin": bin.display().to_string(),
         }),

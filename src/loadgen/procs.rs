@@ -30,6 +30,8 @@ pub struct Server {
     pub addr: String,
     /// The admin HTTP address, when started with one (sidecar only).
     pub admin: Option<String>,
+    /// Whether loadgen's `--prime` pass has run against it.
+    pub primed: bool,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -125,6 +127,7 @@ impl Server {
             kind,
             addr: addr.expect("read above"),
             admin: admin_addr,
+            primed: false,
             stderr,
         })
     }

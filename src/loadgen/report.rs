@@ -228,7 +228,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         w,
         "Corpus: {} ({} entries, mean {:.0} B) over {} distinct threads. Each scenario ran {} time(s), \
-         interleaved (sidecar, echo, sidecar, echo, ...), each on freshly started processes, {} s warm-up + \
+         interleaved (sidecar, echo, sidecar, echo, ...), each on freshly started processes{}, {} s warm-up + \
          {} s measured. Ratios are sidecar ÷ echo of the same run: median (min–max) over the runs. \
          Load average (1, 5, 15 min) at start {}, at end {}. The built-in classifier costs {:.2} µs per event of this \
          corpus (measured in the load generator's process); the CPU budget below uses {:.2} µs ({}). The echo server runs with TCP_NODELAY {} \
@@ -238,6 +238,11 @@ pub fn markdown(r: &Report) -> String {
         r.corpus["mean_bytes"].as_f64().unwrap_or(0.0),
         r.corpus["threads"],
         r.settings["runs"],
+        if r.settings["prime"] == true {
+            " primed with one event per thread (not timed)"
+        } else {
+            ""
+        },
         r.settings["warmup_secs"],
         r.settings["duration_secs"],
         loadavg(&r.machine["loadavg_start"]),
