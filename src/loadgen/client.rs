@@ -674,7 +674,7 @@ pub async fn open_loop(
 
 /// Event numbers of the priming pass start here, far above any measured run's, so that no
 /// primed event id is ever sent again (which the sidecar would answer as a replay).
-pub const PRIME_BASE: u64 = 1 << 62;
+const PRIME_BASE: u64 = 1 << 62;
 
 /// One event per distinct thread id, on one pipelined stream (window 1,024), before a measured
 /// run: a fresh server's thread table then holds every thread, and the run measures updates

@@ -621,7 +621,6 @@ fn measure_child(
     timing: Timing,
 ) -> Result<Measured, String> {
     let mut fresh = None;
-    let reused = reuse.is_some();
     let server = match reuse {
         Some(s) => s,
         // The sidecar's admin port gives the scale run its thread count and every run the
@@ -635,8 +634,9 @@ fn measure_child(
     };
     if args.prime && !server.primed && !matches!(sc, Scenario::Scale { .. }) {
         prime(rt, args, &server.addr, generator, kind.name())?;
-        // A reused server keeps its threads; priming it again would only send replays.
-        server.primed = reused;
+        // A reused server keeps its threads; priming it again would only send replays. (A
+        // fresh one is dropped after this run.)
+        server.primed = true;
     }
     let m = match *sc {
         Scenario::Scale {
