@@ -67,31 +67,141 @@ impl NormBuf {
 
 fn normalize_at(text: &str, buf: &mut NormBuf) -> Normalized {
     let NormBuf { fold, out, scratch } = buf;
-    let from_text = text.is_ascii() && text.bytes().all(is_simple_ascii_byte);
-    let src: &str = if from_text {
+    let shape = char_shape(text.as_bytes());
+    let src: &str = match shape {
         // The character pass would leave it unchanged.
-        text
-    } else if text.is_ascii() {
-        // Byte-wise: no per-char UTF-8 encoding.
-        let mut bytes = std::mem::take(fold).into_bytes();
-        bytes.clear();
-        bytes.extend(text.bytes().map(|b| ascii_fold(b) as u8));
-        *fold = String::from_utf8(bytes).expect("ASCII stays ASCII");
-        fold
-    } else {
-        fold_chars(text, scratch, fold);
-        fold
+        CharShape::Simple => text,
+        CharShape::Ascii => {
+            // Byte-wise, branch-free (so vectorised): no per-char UTF-8 encoding.
+            let mut bytes = std::mem::take(fold).into_bytes();
+            bytes.clear();
+            bytes.extend(text.bytes().map(fold_ascii_byte));
+            *fold = String::from_utf8(bytes).expect("ASCII stays ASCII");
+            fold
+        }
+        CharShape::Unicode => {
+            fold_chars(text, scratch, fold);
+            fold
+        }
     };
-    match token_pass(src, out) {
-        Some(n) if from_text => Normalized::Text(n),
+    // In printable lowercase ASCII a byte scan finds where the token pass's first change can
+    // be, far cheaper than the pass: it runs from there, or not at all.
+    let done = match shape {
+        CharShape::Unicode => token_pass(src, 0, out),
+        _ => match tokens_unchanged(src.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(from) => token_pass(src, from, out),
+        },
+    };
+    match done {
+        Some(n) if shape == CharShape::Simple => Normalized::Text(n),
         Some(n) => Normalized::Fold(n),
         None => Normalized::Out,
     }
 }
 
-/// Printable lowercase ASCII: the character pass leaves it unchanged.
-fn is_simple_ascii_byte(b: u8) -> bool {
-    (0x20..=0x7e).contains(&b) && !b.is_ascii_uppercase()
+/// What the character pass has to do with a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CharShape {
+    /// Printable lowercase ASCII: nothing.
+    Simple,
+    /// ASCII with capitals or control characters: fold byte by byte.
+    Ascii,
+    /// Non-ASCII: the char-level pass.
+    Unicode,
+}
+
+/// One pass over `text` in fixed-size chunks, each reduced without branches.
+fn char_shape(text: &[u8]) -> CharShape {
+    let mut fold = 0u8;
+    for chunk in text.chunks(64) {
+        let (mut high, mut f) = (0u8, 0u8);
+        for &b in chunk {
+            high |= b;
+            f |= u8::from(needs_ascii_fold(b));
+        }
+        if high >= 0x80 {
+            return CharShape::Unicode;
+        }
+        fold |= f;
+    }
+    if fold == 0 {
+        CharShape::Simple
+    } else {
+        CharShape::Ascii
+    }
+}
+
+/// An ASCII byte the character pass changes: a capital, a control character or DEL.
+#[inline(always)]
+fn needs_ascii_fold(b: u8) -> bool {
+    b.wrapping_sub(b'A') < 26 || b < 0x20 || b == 0x7f
+}
+
+/// `ascii_fold` without branches: controls and DEL to a space, capitals to lowercase.
+#[inline(always)]
+fn fold_ascii_byte(b: u8) -> u8 {
+    let upper = u8::from(b.wrapping_sub(b'A') < 26);
+    if b < 0x20 || b == 0x7f {
+        b' '
+    } else {
+        b | (upper << 5)
+    }
+}
+
+/// Where the token pass may change printable lowercase ASCII (`s` after the character
+/// pass). `Ok(n)`: nowhere; its result is `s[..n]`, `s` without trailing spaces. Every token is
+/// then plain (`token_is_plain`), with no double or leading space, no contraction tail after
+/// its head and no run of three single letters. `Err(from)`: a token start before the first
+/// token that breaks that, from which `token_pass` gives the same result as from the start.
+fn tokens_unchanged(s: &[u8]) -> Result<usize, usize> {
+    let mut end = s.len();
+    while end > 0 && s[end - 1] == b' ' {
+        end -= 1;
+    }
+    let s = &s[..end];
+    let mut prev: &[u8] = &[];
+    let mut prev_start = 0;
+    // Single letters just before this token, and where they start.
+    let mut letters = 0;
+    let mut letters_start = 0;
+    let mut start = 0;
+    while start < s.len() {
+        let mut i = start;
+        let mut class = 0u8;
+        while i < s.len() && s[i] != b' ' {
+            class |= BYTE_CLASS[s[i] as usize];
+            i += 1;
+        }
+        let tok = &s[start..i];
+        let single_letter = tok.len() == 1 && class == LETTER;
+        if tok.is_empty()
+            || !token_is_plain(tok, class)
+            || (may_be_tail(tok) && split_contraction(prev, tok))
+            || (single_letter && letters == 2)
+        {
+            // Resume at the token before (the contraction head), or before the single letters
+            // (a run is judged from its first letter). The tokens before that are plain and
+            // join nothing, so the pass, from there, sees what it would have seen.
+            return Err(if letters > 0 {
+                letters_start
+            } else {
+                prev_start
+            });
+        }
+        if single_letter {
+            if letters == 0 {
+                letters_start = start;
+            }
+            letters += 1;
+        } else {
+            letters = 0;
+        }
+        prev = tok;
+        prev_start = start;
+        start = i + 1;
+    }
+    Ok(end)
 }
 
 /// Character pass: compatibility folding, lowercasing, stripping, whitespace mapping.
@@ -103,7 +213,7 @@ fn fold_chars(text: &str, scratch: &mut String, out: &mut String) {
     while i < bytes.len() {
         let b = bytes[i];
         if b.is_ascii() {
-            out.push(ascii_fold(b));
+            out.push(char::from(fold_ascii_byte(b)));
             i += 1;
             continue;
         }
@@ -114,14 +224,6 @@ fn fold_chars(text: &str, scratch: &mut String, out: &mut String) {
             i += 1;
         }
         fold_unicode_run(&text[start..i], scratch, out);
-    }
-}
-
-fn ascii_fold(b: u8) -> char {
-    match b {
-        b'\t' | b'\n' | 0x0b | 0x0c | b'\r' => ' ',
-        0..=0x1f | 0x7f => ' ',
-        _ => b.to_ascii_lowercase() as char,
     }
 }
 
@@ -283,11 +385,14 @@ const NUMBER_SUFFIXES: &[&str] = &[
 
 /// Token pass: rejoins spaced letters and contractions, maps leetspeak, homoglyphs and
 /// dotted letters, collapses spaces. Returns `Some(n)` when the result is `s[..n]` (nothing
-/// changed but trailing spaces), else `None` with the result in `out`.
-fn token_pass(s: &str, out: &mut String) -> Option<usize> {
-    let mut out = Sink::new(s, out);
+/// changed but trailing spaces), else `None` with the result in `out`. It starts at byte
+/// `from`, a token start (0, or one from `tokens_unchanged`) before which it would change
+/// nothing.
+fn token_pass(s: &str, from: usize, out: &mut String) -> Option<usize> {
+    // Before `from` comes `s[..from - 1]` unchanged, then the space before its token.
+    let mut out = Sink::new(s, from.saturating_sub(1), out);
     let mut prev: Option<&str> = None;
-    let mut it = SpaceSplit::new(s);
+    let mut it = SpaceSplit::new(s, from);
     // One token of lookahead, scanned once: `next` is what `it.clone().next()` would give.
     let mut next = it.next_classed();
     while let Some((tok, class)) = next {
@@ -297,13 +402,17 @@ fn token_pass(s: &str, out: &mut String) -> Option<usize> {
         }
         // Contractions split by a stripped apostrophe ("i m", "don t") are rejoined first,
         // so "i m a" is not taken for spaced-out letters.
-        if prev.is_some_and(|p| may_be_tail(tok) && split_contraction(p, tok)) {
+        if prev.is_some_and(|p| {
+            may_be_tail(tok.as_bytes()) && split_contraction(p.as_bytes(), tok.as_bytes())
+        }) {
             out.push_str(tok);
             prev = None;
             continue;
         }
         prev = Some(tok);
-        let joins_next = next.is_some_and(|(n, _)| may_be_tail(n) && split_contraction(tok, n));
+        let joins_next = next.is_some_and(|(n, _)| {
+            may_be_tail(n.as_bytes()) && split_contraction(tok.as_bytes(), n.as_bytes())
+        });
         // Lookahead: an empty token (double space) ends a run.
         let run = if !joins_next && is_single_letter(tok) {
             1 + next
@@ -326,7 +435,7 @@ fn token_pass(s: &str, out: &mut String) -> Option<usize> {
                     next = it.next_classed();
                 }
             }
-        } else if token_is_plain(tok, class) {
+        } else if token_is_plain(tok.as_bytes(), class) {
             out.push_str(tok);
         } else {
             push_token(tok, &mut out);
@@ -347,10 +456,10 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(src: &'a str, buf: &'a mut String) -> Self {
+    fn new(src: &'a str, len: usize, buf: &'a mut String) -> Self {
         Sink {
             src,
-            len: 0,
+            len,
             clean: true,
             buf,
         }
@@ -422,10 +531,10 @@ struct SpaceSplit<'a> {
 }
 
 impl<'a> SpaceSplit<'a> {
-    fn new(s: &'a str) -> Self {
+    fn new(s: &'a str, pos: usize) -> Self {
         SpaceSplit {
             s,
-            pos: 0,
+            pos,
             done: false,
         }
     }
@@ -485,8 +594,7 @@ const BYTE_CLASS: [u8; 256] = {
 /// Byte-level shortcut: ASCII tokens with no leet mix, apostrophe or dotted letters are
 /// left unchanged by `push_token`, so they skip the char-level work. `class` is the union of
 /// the token's `BYTE_CLASS`.
-fn token_is_plain(tok: &str, class: u8) -> bool {
-    let b = tok.as_bytes();
+fn token_is_plain(b: &[u8], class: u8) -> bool {
     if b.len() >= 2 && b[0].is_ascii_alphabetic() && matches!(b[1], b'.' | b'-' | b'_' | b'*') {
         return false;
     }
@@ -496,46 +604,55 @@ fn token_is_plain(tok: &str, class: u8) -> bool {
 /// Cheap test before `split_contraction`: every tail it accepts is one or two bytes and
 /// starts with one of these letters.
 #[inline(always)]
-fn may_be_tail(next: &str) -> bool {
+fn may_be_tail(next: &[u8]) -> bool {
     next.len() <= 2
         && matches!(
-            next.as_bytes().first(),
+            next.first(),
             Some(b'm' | b'v' | b'l' | b'd' | b'r' | b's' | b't')
         )
 }
 
 /// Whether `next` is the tail of a contraction whose apostrophe was lost ("i m", "don t").
-fn split_contraction(prev: &str, next: &str) -> bool {
+fn split_contraction(prev: &[u8], next: &[u8]) -> bool {
     match next {
-        "m" => prev == "i",
-        "ve" | "ll" | "d" => matches!(
+        b"m" => prev == b"i",
+        b"ve" | b"ll" | b"d" => matches!(
             prev,
-            "i" | "you" | "we" | "they" | "he" | "she" | "it" | "that" | "who"
+            b"i" | b"you" | b"we" | b"they" | b"he" | b"she" | b"it" | b"that" | b"who"
         ),
-        "re" => matches!(prev, "you" | "we" | "they" | "who" | "what"),
-        "s" => matches!(
+        b"re" => matches!(prev, b"you" | b"we" | b"they" | b"who" | b"what"),
+        b"s" => matches!(
             prev,
-            "it" | "that" | "he" | "she" | "there" | "what" | "who" | "let" | "here" | "where"
+            b"it"
+                | b"that"
+                | b"he"
+                | b"she"
+                | b"there"
+                | b"what"
+                | b"who"
+                | b"let"
+                | b"here"
+                | b"where"
         ),
-        "t" => matches!(
+        b"t" => matches!(
             prev,
-            "don"
-                | "can"
-                | "won"
-                | "isn"
-                | "didn"
-                | "doesn"
-                | "couldn"
-                | "wouldn"
-                | "shouldn"
-                | "aren"
-                | "wasn"
-                | "weren"
-                | "haven"
-                | "hasn"
-                | "ain"
-                | "hadn"
-                | "mustn"
+            b"don"
+                | b"can"
+                | b"won"
+                | b"isn"
+                | b"didn"
+                | b"doesn"
+                | b"couldn"
+                | b"wouldn"
+                | b"shouldn"
+                | b"aren"
+                | b"wasn"
+                | b"weren"
+                | b"haven"
+                | b"hasn"
+                | b"ain"
+                | b"hadn"
+                | b"mustn"
         ),
         _ => false,
     }
@@ -718,5 +835,98 @@ fn push_word(word: &str, out: &mut Sink<'_>) {
             }
         }
         out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Texts dense in what the token pass changes: single letters, contraction heads and
+    /// tails, leet digits and symbols, apostrophes, dotted letters, double and edge spaces.
+    fn tricky_ascii() -> impl Strategy<Value = String> {
+        // Mostly plain tokens, so that whole texts often pass the shortcut's token tests and
+        // its single-letter, contraction and space rules decide.
+        let plain = prop::sample::select(vec![
+            "a", "i", "m", "s", "t", "d", "k", "ve", "re", "ll", "don", "it", "you", "hello",
+            "911", "ok.", "-", "?",
+        ]);
+        let tricky = prop::sample::select(vec![
+            "b0mb", "h@te", "wow!", "a$$", "1st", "5kg", "don't", "k.i.l.l", "x-ray", "e.g.",
+            "u*s", "b_", "4", "@", "$", "!", "'", "",
+        ]);
+        let piece = prop_oneof![8 => plain, 1 => tricky];
+        let sep = prop_oneof![8 => Just(" "), 1 => Just("  ")];
+        prop::collection::vec((piece, sep), 0..10)
+            .prop_map(|v| v.into_iter().flat_map(|(p, sep)| [p, sep]).collect())
+    }
+
+    fn pass_from(s: &str, from: usize) -> String {
+        let mut out = String::new();
+        match token_pass(s, from, &mut out) {
+            Some(n) => s[..n].to_string(),
+            None => out,
+        }
+    }
+
+    proptest! {
+        /// The shortcut never claims a text the token pass would change, claims the length
+        /// the pass returns, and resumes the pass where it gives the whole pass's result.
+        #[test]
+        fn tokens_unchanged_agrees_with_the_token_pass(s in tricky_ascii()) {
+            match tokens_unchanged(s.as_bytes()) {
+                Ok(n) => prop_assert_eq!(token_pass(&s, 0, &mut String::new()), Some(n), "{:?}", s),
+                Err(from) => {
+                    prop_assert!(from == 0 || s.as_bytes()[from - 1] == b' ', "{:?} {}", s, from);
+                    prop_assert_eq!(pass_from(&s, from), pass_from(&s, 0), "{:?} from {}", s, from);
+                }
+            }
+        }
+
+        /// The character pass's byte shortcut folds exactly as the char-level pass.
+        #[test]
+        fn ascii_fold_matches_the_char_pass(bytes in prop::collection::vec(0u8..0x80, 0..64)) {
+            let text = String::from_utf8(bytes).unwrap();
+            let mut folded = String::new();
+            fold_chars(&text, &mut String::new(), &mut folded);
+            let bytewise: String = text.bytes().map(|b| char::from(fold_ascii_byte(b))).collect();
+            prop_assert_eq!(&folded, &bytewise);
+            let simple = !text.bytes().any(needs_ascii_fold);
+            prop_assert_eq!(simple, folded == text);
+            prop_assert_eq!(char_shape(text.as_bytes()) == CharShape::Simple, simple);
+        }
+    }
+
+    #[test]
+    fn the_shortcut_takes_ordinary_text_and_leaves_the_rest() {
+        let plain = "how do i kill a python process? it hangs, so i want it gone.  ";
+        assert_eq!(
+            tokens_unchanged(plain.as_bytes()),
+            Ok(plain.trim_end().len())
+        );
+        // Resumed at the contraction head, before the single letters, or at the token before.
+        for (changed, from) in [
+            ("a b c", 0),
+            ("xy i m here", 3),
+            ("ok so don t", 6),
+            ("two  spaces", 0),
+            (" lead", 0),
+            ("it is l33t", 3),
+            ("go k.i.l.l", 0),
+            ("go do a b c", 6),
+        ] {
+            assert_eq!(
+                tokens_unchanged(changed.as_bytes()),
+                Err(from),
+                "{changed:?}"
+            );
+        }
+        assert_eq!(char_shape("caf\u{e9}".as_bytes()), CharShape::Unicode);
+        assert_eq!(char_shape(&[b'a'; 200]), CharShape::Simple);
+        let mut long = vec![b'a'; 200];
+        long[130] = b'Q';
+        assert_eq!(char_shape(&long), CharShape::Ascii);
     }
 }
