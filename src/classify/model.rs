@@ -75,14 +75,18 @@ pub fn for_each_feature(text: &str, mut f: impl FnMut(u64)) {
         if i >= bytes.len() {
             break;
         }
+        // FNV-1a over the whole word, which is at most 32 bytes but for a rare long word: that
+        // one is hashed again on its prefix. No per-byte length test.
+        let start = i;
         let mut h = FNV_OFFSET;
-        let mut n = 0;
         while i < bytes.len() && is_word_byte(bytes[i]) {
-            if n < 32 {
-                h = (h ^ u64::from(bytes[i])).wrapping_mul(FNV_PRIME);
-            }
-            n += 1;
+            h = (h ^ u64::from(bytes[i])).wrapping_mul(FNV_PRIME);
             i += 1;
+        }
+        if i - start > 32 {
+            h = bytes[start..start + 32].iter().fold(FNV_OFFSET, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+            });
         }
         f(h);
         if prev != 0 {
@@ -209,7 +213,51 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The feature stream as first written: one loop, a length test per byte.
+    fn features_reference(text: &str) -> Vec<u64> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut prev: u64 = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            while i < bytes.len() && !is_word_byte(bytes[i]) {
+                i += 1;
+            }
+            if i >= bytes.len() {
+                break;
+            }
+            let mut h = FNV_OFFSET;
+            let mut n = 0;
+            while i < bytes.len() && is_word_byte(bytes[i]) {
+                if n < 32 {
+                    h = (h ^ u64::from(bytes[i])).wrapping_mul(FNV_PRIME);
+                }
+                n += 1;
+                i += 1;
+            }
+            out.push(h);
+            if prev != 0 {
+                out.push(mix(prev, h));
+            }
+            prev = h;
+        }
+        out
+    }
+
+    proptest! {
+        /// Same hashes as the reference, long words (hashed on their 32-byte prefix) included.
+        #[test]
+        fn features_match_the_reference(words in prop::collection::vec("[a-z0-9é]{0,40}", 0..8)) {
+            let text = words.join(" ");
+            let mut got = Vec::new();
+            for_each_feature(&text, |h| got.push(h));
+            prop_assert_eq!(got, features_reference(&text));
+        }
+    }
 
     #[test]
     fn roundtrip_and_score() {
