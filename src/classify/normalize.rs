@@ -138,7 +138,8 @@ fn needs_ascii_fold(b: u8) -> bool {
     b.wrapping_sub(b'A') < 26 || b < 0x20 || b == 0x7f
 }
 
-/// `ascii_fold` without branches: controls and DEL to a space, capitals to lowercase.
+/// The character pass on one ASCII byte, without branches: controls and DEL to a space,
+/// capitals to lowercase.
 #[inline(always)]
 fn fold_ascii_byte(b: u8) -> u8 {
     let upper = u8::from(b.wrapping_sub(b'A') < 26);
