@@ -217,28 +217,19 @@ mod tests {
 
     use super::*;
 
-    /// The feature stream as first written: one loop, a length test per byte.
+    /// The feature stream by its definition: words are maximal runs of word bytes, each
+    /// hashed on its first 32 bytes, then each adjacent pair mixed.
     fn features_reference(text: &str) -> Vec<u64> {
-        let bytes = text.as_bytes();
         let mut out = Vec::new();
         let mut prev: u64 = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            while i < bytes.len() && !is_word_byte(bytes[i]) {
-                i += 1;
-            }
-            if i >= bytes.len() {
-                break;
-            }
-            let mut h = FNV_OFFSET;
-            let mut n = 0;
-            while i < bytes.len() && is_word_byte(bytes[i]) {
-                if n < 32 {
-                    h = (h ^ u64::from(bytes[i])).wrapping_mul(FNV_PRIME);
-                }
-                n += 1;
-                i += 1;
-            }
+        for word in text
+            .as_bytes()
+            .split(|&b| !is_word_byte(b))
+            .filter(|w| !w.is_empty())
+        {
+            let h = word.iter().take(32).fold(FNV_OFFSET, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+            });
             out.push(h);
             if prev != 0 {
                 out.push(mix(prev, h));
