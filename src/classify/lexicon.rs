@@ -615,11 +615,22 @@ impl Matcher {
     /// letter or digit follows) whose every pattern needs a right boundary reports nothing.
     #[inline(always)]
     fn sub_word(&self, text: &str, sid: StateID, end: usize) -> bool {
-        let index = (sid.as_usize() - self.first_match) >> self.shift;
         text.as_bytes()
             .get(end)
             .is_some_and(u8::is_ascii_alphanumeric)
-            && self.all_right[index / 64] & (1 << (index % 64)) != 0
+            && self.all_right(self.index(sid))
+    }
+
+    /// Match state `sid`'s index in `spans` and `all_right`.
+    #[inline(always)]
+    fn index(&self, sid: StateID) -> usize {
+        (sid.as_usize() - self.first_match) >> self.shift
+    }
+
+    /// Whether every pattern of the match state at `index` needs a right word boundary.
+    #[inline(always)]
+    fn all_right(&self, index: usize) -> bool {
+        self.all_right[index / 64] & (1 << (index % 64)) != 0
     }
 
     #[inline(never)]
@@ -630,10 +641,11 @@ impl Matcher {
         end: usize,
         f: &mut impl FnMut(usize, usize, usize) -> bool,
     ) -> bool {
-        let index = (sid.as_usize() - self.first_match) >> self.shift;
-        // Every pattern ending here shares the right neighbour.
+        let index = self.index(sid);
+        // Every pattern ending here shares the right neighbour. `sub_word` has already
+        // dropped the state for an ASCII neighbour; this also covers a non-ASCII letter.
         let right_alnum = alnum_at(text, end);
-        if right_alnum && self.all_right[index / 64] & (1 << (index % 64)) != 0 {
+        if right_alnum && self.all_right(index) {
             return true;
         }
         let span = self.spans[index];
