@@ -108,7 +108,10 @@ impl Engine {
 
     /// A keyed hash of a thread key, safe to log (never the raw ids).
     pub fn log_hash(&self, key: ThreadKey) -> String {
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.0.to_le_bytes(), self.sinks.hash_seed);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(
+            &key.to_u128().to_le_bytes(),
+            self.sinks.hash_seed,
+        );
         format!("{h:016x}")
     }
 

@@ -23,27 +23,47 @@ use crate::policy::ThreadState;
 pub use snapshot::SnapshotError;
 
 /// A thread's identity: a 128-bit hash of (tenant_id, thread_id). Never the raw ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ThreadKey(pub u128);
+///
+/// Held as two `u64` halves, high half first so that the derived order is the `u128`'s. A `u128`
+/// field is 16-byte aligned, which would pad every (key, state) slot of the map from 88 to 96
+/// bytes: 8 bytes per bucket, ~17 bytes per thread at a million threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ThreadKey([u64; 2]);
 
 impl ThreadKey {
     /// Hashes a (tenant, thread) pair: the thread id, seeded by a hash of the tenant, so pairs
     /// cannot collide by moving bytes between the two ids. Two one-shot hashes, no buffer.
     pub fn new(tenant: &str, thread: &str) -> ThreadKey {
         let seed = xxhash_rust::xxh3::xxh3_64(tenant.as_bytes());
-        ThreadKey(xxhash_rust::xxh3::xxh3_128_with_seed(
+        ThreadKey::from_u128(xxhash_rust::xxh3::xxh3_128_with_seed(
             thread.as_bytes(),
             seed,
         ))
     }
 
+    /// The key of a 128-bit hash.
+    pub const fn from_u128(n: u128) -> ThreadKey {
+        ThreadKey([(n >> 64) as u64, n as u64])
+    }
+
+    /// The 128-bit hash.
+    pub const fn to_u128(self) -> u128 {
+        (self.0[0] as u128) << 64 | self.0[1] as u128
+    }
+
     /// A stable 64-bit hash, for rollout buckets.
     pub fn rollout_hash(self) -> u64 {
-        (self.0 >> 64) as u64
+        self.0[0]
     }
 }
 
-/// The keys are already uniform hashes: use their low bits as the table hash.
+impl std::hash::Hash for ThreadKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
+}
+
+/// The keys are already uniform hashes: use their bits as the table hash.
 #[derive(Default)]
 pub struct KeyHasher(u64);
 
@@ -56,8 +76,8 @@ impl Hasher for KeyHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64 ^ (n >> 64) as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 

@@ -50,7 +50,7 @@ pub(super) fn write(map: &Map, path: &Path) -> Result<usize, SnapshotError> {
     let mut buf = Vec::with_capacity(256);
     for entry in map.iter() {
         buf.clear();
-        buf.extend_from_slice(&entry.key().0.to_le_bytes());
+        buf.extend_from_slice(&entry.key().to_u128().to_le_bytes());
         buf = postcard::to_extend(entry.value(), buf).map_err(|e| SnapshotError::Corrupt {
             path: tmp.display().to_string(),
             index: count,
@@ -111,7 +111,8 @@ pub(super) fn read(
         input
             .read_exact(&mut buf)
             .map_err(|e| corrupt(count, e.to_string()))?;
-        let key = ThreadKey(u128::from_le_bytes(buf[..16].try_into().expect("16 bytes")));
+        let key =
+            ThreadKey::from_u128(u128::from_le_bytes(buf[..16].try_into().expect("16 bytes")));
         let state: ThreadState =
             postcard::from_bytes(&buf[16..]).map_err(|e| corrupt(count, e.to_string()))?;
         insert(key, state);

@@ -24,30 +24,64 @@ fn keys_separate_tenants_and_ids() {
     assert_eq!(ThreadKey::new("t", "x"), ThreadKey::new("t", "x"));
 }
 
+#[test]
+fn keys_keep_the_u128_value_and_order() {
+    let pairs = [
+        (0u128, 1u128),
+        (1, 1 << 64),
+        (u128::from(u64::MAX), 1 << 64),
+        (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, u128::MAX),
+    ];
+    for (a, b) in pairs {
+        assert_eq!(ThreadKey::from_u128(a).to_u128(), a);
+        assert_eq!(ThreadKey::from_u128(b).to_u128(), b);
+        assert!(
+            ThreadKey::from_u128(a) < ThreadKey::from_u128(b),
+            "{a:#x} < {b:#x}"
+        );
+    }
+    let k = ThreadKey::from_u128(0xaaaa_0000_0000_0000_5555_0000_0000_0000);
+    assert_eq!(k.rollout_hash(), 0xaaaa_0000_0000_0000);
+}
+
+/// The map's bucket is a (key, state) pair: 8-byte alignment keeps it at 88 bytes, where a
+/// 16-byte-aligned key would pad it to 96 (memory per thread is ~2.1 buckets at a million).
+#[test]
+fn a_map_slot_is_not_padded() {
+    let slot = std::mem::size_of::<(ThreadKey, ThreadState)>();
+    assert_eq!(
+        slot,
+        std::mem::size_of::<ThreadKey>() + std::mem::size_of::<ThreadState>()
+    );
+    assert!(slot <= 88, "{slot}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_threads_expire_after_the_ttl() {
     let s = store(100, 60);
-    touch(&s, ThreadKey(1));
+    touch(&s, ThreadKey::from_u128(1));
     tokio::time::advance(Duration::from_secs(45)).await;
-    touch(&s, ThreadKey(2));
+    touch(&s, ThreadKey::from_u128(2));
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(s.evict_idle(), 1);
-    assert!(s.get(ThreadKey(1)).is_none());
-    assert!(s.get(ThreadKey(2)).is_some());
+    assert!(s.get(ThreadKey::from_u128(1)).is_none());
+    assert!(s.get(ThreadKey::from_u128(2)).is_some());
     assert_eq!(s.evictions(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn locked_and_crisis_threads_outlive_the_idle_ttl() {
     let s = store(100, 60);
-    touch(&s, ThreadKey(1));
-    touch(&s, ThreadKey(2));
-    touch(&s, ThreadKey(3));
-    s.with_thread(ThreadKey(2), |st| st.flags.set(Flags::ENDED));
-    s.with_thread(ThreadKey(3), |st| st.flags.set(Flags::CRISIS_SELF));
+    touch(&s, ThreadKey::from_u128(1));
+    touch(&s, ThreadKey::from_u128(2));
+    touch(&s, ThreadKey::from_u128(3));
+    s.with_thread(ThreadKey::from_u128(2), |st| st.flags.set(Flags::ENDED));
+    s.with_thread(ThreadKey::from_u128(3), |st| {
+        st.flags.set(Flags::CRISIS_SELF)
+    });
     tokio::time::advance(Duration::from_secs(120)).await;
     assert_eq!(s.evict_idle(), 1);
-    assert!(s.get(ThreadKey(2)).is_some() && s.get(ThreadKey(3)).is_some());
+    assert!(s.get(ThreadKey::from_u128(2)).is_some() && s.get(ThreadKey::from_u128(3)).is_some());
     tokio::time::advance(Duration::from_secs(600)).await;
     assert_eq!(s.evict_idle(), 2, "gone after the locked TTL");
 }
@@ -55,15 +89,15 @@ async fn locked_and_crisis_threads_outlive_the_idle_ttl() {
 #[tokio::test(start_paused = true)]
 async fn the_sweeper_evicts_on_its_own_and_stops_with_its_guard() {
     let s = store(100, 10);
-    touch(&s, ThreadKey(1));
+    touch(&s, ThreadKey::from_u128(1));
     let guard = s.spawn_sweeper();
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert!(s.get(ThreadKey(1)).is_none(), "swept");
+    assert!(s.get(ThreadKey::from_u128(1)).is_none(), "swept");
     drop(guard);
-    touch(&s, ThreadKey(2));
+    touch(&s, ThreadKey::from_u128(2));
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
-        s.get(ThreadKey(2)).is_some(),
+        s.get(ThreadKey::from_u128(2)).is_some(),
         "no sweeper after the guard dropped"
     );
 }
@@ -72,26 +106,29 @@ async fn the_sweeper_evicts_on_its_own_and_stops_with_its_guard() {
 async fn over_capacity_evicts_least_recent_and_keeps_locked_threads() {
     let s = store(64, 3600);
     for i in 0..64u128 {
-        touch(&s, ThreadKey(i));
+        touch(&s, ThreadKey::from_u128(i));
         if i == 0 {
             // The oldest thread is locked: it must outlive newer ordinary threads.
-            s.with_thread(ThreadKey(0), |st| st.flags.set(Flags::ENDED));
+            s.with_thread(ThreadKey::from_u128(0), |st| st.flags.set(Flags::ENDED));
         }
         tokio::time::advance(Duration::from_secs(1)).await;
     }
     for i in 64..80u128 {
-        touch(&s, ThreadKey(i));
+        touch(&s, ThreadKey::from_u128(i));
     }
     assert_eq!(s.len(), 80);
     let evicted = s.evict_over_capacity();
     assert_eq!(evicted, 80 - 64 + 1);
     assert!(s.len() < 64);
-    assert!(s.get(ThreadKey(0)).is_some(), "locked thread kept");
     assert!(
-        s.get(ThreadKey(1)).is_none(),
+        s.get(ThreadKey::from_u128(0)).is_some(),
+        "locked thread kept"
+    );
+    assert!(
+        s.get(ThreadKey::from_u128(1)).is_none(),
         "oldest ordinary thread evicted"
     );
-    assert!(s.get(ThreadKey(79)).is_some(), "newest kept");
+    assert!(s.get(ThreadKey::from_u128(79)).is_some(), "newest kept");
 }
 
 #[tokio::test]
@@ -100,7 +137,7 @@ async fn snapshot_round_trip_keeps_ended_threads() {
     let path = dir.path().join("state.bin");
     let s = store(1000, 3600);
     for i in 0..500u128 {
-        s.with_thread(ThreadKey(i), |st| {
+        s.with_thread(ThreadKey::from_u128(i), |st| {
             st.turn = i as u32;
             if i % 2 == 0 {
                 st.flags.set(Flags::ENDED);
@@ -115,7 +152,7 @@ async fn snapshot_round_trip_keeps_ended_threads() {
     let restored = store(1000, 3600);
     assert_eq!(restored.restore_from(&path).unwrap(), 500);
     for i in 0..500u128 {
-        let st: ThreadState = restored.get(ThreadKey(i)).unwrap();
+        let st: ThreadState = restored.get(ThreadKey::from_u128(i)).unwrap();
         assert_eq!(st.turn, i as u32);
         assert_eq!(st.ended(), i % 2 == 0);
     }
@@ -139,13 +176,14 @@ fn corrupt_snapshots_are_rejected_with_the_path() {
 #[test]
 fn insert_new_refuses_a_taken_key() {
     let s = store(10, 10);
-    touch(&s, ThreadKey(5));
+    touch(&s, ThreadKey::from_u128(5));
     assert_eq!(
-        s.insert_new(ThreadKey(5), ThreadState::default(), |_| ()),
+        s.insert_new(ThreadKey::from_u128(5), ThreadState::default(), |_| ()),
         Err(AlreadyExists)
     );
     assert_eq!(
-        s.insert_new(ThreadKey(6), ThreadState::default(), |st| st.turn),
+        s.insert_new(ThreadKey::from_u128(6), ThreadState::default(), |st| st
+            .turn),
         Ok(0)
     );
 }
