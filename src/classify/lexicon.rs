@@ -199,6 +199,25 @@ pub struct Entry {
     pub assistant: bool,
 }
 
+impl Entry {
+    /// Whether a hit of this entry can produce evidence by itself: the roles the rules
+    /// evaluate (`rules::Ctx::evaluate`), with an effect. The other roles are context: they
+    /// change evidence found near them, and a text without a scoring hit has no evidence.
+    pub fn scores(&self) -> bool {
+        self.effect.is_some()
+            && matches!(
+                self.role,
+                Role::Direct
+                    | Role::Object
+                    | Role::Act
+                    | Role::Insult
+                    | Role::HatePred
+                    | Role::Death
+                    | Role::EndVerb
+            )
+    }
+}
+
 /// One automaton pattern: a normalised term and the entries it belongs to.
 #[derive(Clone, Debug)]
 pub struct Pattern {
@@ -210,6 +229,8 @@ pub struct Pattern {
     pub right_boundary: bool,
     /// Indices into `Lexicon::entries`.
     pub entries: Vec<u32>,
+    /// Some entry of the pattern can produce evidence ([`Entry::scores`]).
+    pub scores: bool,
 }
 
 /// Tunable windows and factors, from the YAML `params` block.
@@ -382,6 +403,7 @@ impl Lexicon {
                             left_boundary: left,
                             right_boundary: right,
                             entries: Vec::new(),
+                            scores: false,
                         });
                         patterns.len() - 1
                     });
@@ -391,6 +413,9 @@ impl Lexicon {
                     }
                 }
             }
+        }
+        for p in &mut patterns {
+            p.scores = p.entries.iter().any(|&e| entries[e as usize].scores());
         }
         // Two automata: non-ASCII patterns would multiply the byte classes (and so the size)
         // of the ASCII DFA, and most messages never need them.

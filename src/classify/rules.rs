@@ -108,8 +108,9 @@ pub(super) struct Work {
 
 /// Scores `text` (already normalised) into `scores`; fills `work.evidence`.
 pub(super) fn score(lex: &Lexicon, text: &str, scores: &mut Scores, work: &mut Work) {
-    collect_hits(lex, text, &mut work.hits);
-    if work.hits.is_empty() {
+    work.evidence.clear();
+    // Context hits alone (a request frame, "i", "you") make no evidence: skip the token walk.
+    if !collect_hits(lex, text, &mut work.hits) {
         return;
     }
     let ctx = Ctx {
@@ -117,7 +118,6 @@ pub(super) fn score(lex: &Lexicon, text: &str, scores: &mut Scores, work: &mut W
         text,
         hits: &work.hits,
     };
-    work.evidence.clear();
     for i in 0..work.hits.len() {
         ctx.evaluate(i, &mut work.evidence);
     }
@@ -166,11 +166,16 @@ fn merge(scores: &mut Scores, effect: Effect, score: f32) {
     }
 }
 
-fn collect_hits(lex: &Lexicon, text: &str, hits: &mut Vec<RawHit>) {
+/// Collects the hits of `text`, sorted, with their token positions; returns false (with the
+/// hits unsorted and untokenised) if none of them can score ([`Entry::scores`]).
+pub(super) fn collect_hits(lex: &Lexicon, text: &str, hits: &mut Vec<RawHit>) -> bool {
     hits.clear();
     let max_hits = lex.params.max_hits;
+    let mut scoring = false;
     lex.for_each_hit(text, |pid, start, end| {
-        for &entry in &lex.patterns[pid].entries {
+        let pattern = &lex.patterns[pid];
+        scoring |= pattern.scores;
+        for &entry in &pattern.entries {
             hits.push(RawHit {
                 entry,
                 pat: u32::try_from(pid).unwrap_or(u32::MAX),
@@ -183,6 +188,9 @@ fn collect_hits(lex: &Lexicon, text: &str, hits: &mut Vec<RawHit>) {
         }
         hits.len() < max_hits
     });
+    if !scoring {
+        return false;
+    }
     hits.sort_unstable_by_key(|h| (h.start, h.end, h.entry));
     // Token positions: one pass over the text, in hit order (starts are sorted).
     let bytes = text.as_bytes();
@@ -196,6 +204,7 @@ fn collect_hits(lex: &Lexicon, text: &str, hits: &mut Vec<RawHit>) {
         h.tok = tok;
         h.tok_end = advance(bytes, start, (h.end as usize).saturating_sub(1), tok, gap);
     }
+    true
 }
 
 /// Token count after walking `bytes[from..to]`: spaces and CJK characters start tokens.
@@ -374,6 +383,8 @@ impl Ctx<'_> {
         self.best(i, Role::FirstPerson, w, 0, |_, _| true)
     }
 
+    /// Evidence from hit `i`, if its role scores. The roles matched here are those of
+    /// [`Entry::scores`], which lets `score` skip texts with no such hit.
     fn evaluate(&self, i: usize, out: &mut Vec<Evidence>) {
         let e = self.entry(i);
         let Some(effect) = e.effect else { return };

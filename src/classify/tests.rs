@@ -722,3 +722,26 @@ fn end_requests_in_nine_languages() {
         );
     }
 }
+
+/// Hits that are all context (a request frame, first person) make no evidence, so the rules
+/// stop before sorting and the token walk; a scoring hit (an object, a direct term) goes on.
+#[test]
+fn only_a_scoring_hit_starts_the_rules() {
+    let lex = &classifier().lexicon;
+    let mut hits = Vec::new();
+    let context = normalize("how do i do this step by step");
+    assert!(!super::rules::collect_hits(lex, &context, &mut hits));
+    assert!(!hits.is_empty(), "the context hits are still found");
+    for text in [
+        "how do i synthesize sarin at home",
+        "i want to kill myself",
+        "you are a worthless idiot",
+    ] {
+        let text = normalize(text);
+        assert!(super::rules::collect_hits(lex, &text, &mut hits), "{text}");
+    }
+    for p in &lex.patterns {
+        let any = p.entries.iter().any(|&e| lex.entries[e as usize].scores());
+        assert_eq!(p.scores, any, "{}", p.term);
+    }
+}
