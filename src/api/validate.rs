@@ -9,28 +9,29 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Most caller signals accepted on one event.
 pub const MAX_SIGNALS: usize = 32;
 
-fn id(field: &str, value: &str, required: bool) -> Result<(), EventError> {
+/// What is wrong with an id, if anything.
+fn id_problem(value: &str, required: bool) -> Option<String> {
     if required && value.is_empty() {
-        return Err(EventError::invalid(field, "must not be empty"));
+        return Some("must not be empty".into());
     }
-    if value.len() > MAX_ID_BYTES {
-        return Err(EventError::invalid(
-            field,
-            format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len()),
-        ));
-    }
-    Ok(())
+    (value.len() > MAX_ID_BYTES)
+        .then(|| format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len()))
 }
 
-/// Maps a wire category to the domain, rejecting UNSPECIFIED and unknown values.
-pub fn category(field: &str, value: i32) -> Result<Category, EventError> {
+fn id(field: &str, value: &str, required: bool) -> Result<(), EventError> {
+    match id_problem(value, required) {
+        Some(message) => Err(EventError::invalid(field, message)),
+        None => Ok(()),
+    }
+}
+
+/// Maps a wire category to the domain, rejecting UNSPECIFIED and unknown values (the error is
+/// what is wrong with the value).
+fn category(value: i32) -> Result<Category, String> {
     match pb::Category::try_from(value) {
-        Ok(pb::Category::Unspecified) => Err(EventError::invalid(field, "must be set")),
+        Ok(pb::Category::Unspecified) => Err("must be set".into()),
         Ok(c) => Ok(super::convert::category_from_pb(c)),
-        Err(_) => Err(EventError::invalid(
-            field,
-            format!("unknown enum value {value}"),
-        )),
+        Err(_) => Err(format!("unknown enum value {value}")),
     }
 }
 
@@ -54,15 +55,19 @@ pub fn event(
             ),
         ));
     }
+    // Field names are formatted only for an error: a valid signal allocates nothing.
     for (i, s) in event.signals.iter().enumerate() {
-        category(&format!("signals[{i}].category"), s.category)?;
+        category(s.category)
+            .map_err(|m| EventError::invalid(format!("signals[{i}].category"), m))?;
         if !(0.0..=1.0).contains(&s.score) {
             return Err(EventError::invalid(
                 format!("signals[{i}].score"),
                 format!("{} is not a score between 0 and 1", s.score),
             ));
         }
-        id(&format!("signals[{i}].source"), &s.source, false)?;
+        if let Some(m) = id_problem(&s.source, false) {
+            return Err(EventError::invalid(format!("signals[{i}].source"), m));
+        }
     }
     use pb::conversation_event::Payload;
     let payload = event.payload.as_ref().ok_or_else(|| {
@@ -86,7 +91,7 @@ pub fn event(
 /// Merges already-validated caller signals into our scores (maximum per category).
 pub fn merge_signals(scores: &mut Scores, signals: &[pb::Signal]) {
     for s in signals {
-        if let Ok(c) = category("", s.category) {
+        if let Ok(c) = category(s.category) {
             scores.raise(c, s.score);
             // A caller's self-harm or harm-to-others label is a crisis signal in its own right.
             match c {
@@ -120,4 +125,62 @@ pub fn feedback(req: &pb::SubmitFeedbackRequest) -> Result<pb::Rating, EventErro
 pub fn thread_ref(tenant_id: &str, thread_id: &str) -> Result<(), EventError> {
     id("thread_id", thread_id, true)?;
     id("tenant_id", tenant_id, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::conversation_event::Payload;
+
+    fn event_with(signals: Vec<pb::Signal>) -> pb::ConversationEvent {
+        pb::ConversationEvent {
+            event_id: "e1".into(),
+            thread_id: "t1".into(),
+            signals,
+            payload: Some(Payload::UserMessage(pb::UserMessage {
+                text: "hello".into(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn signal(category: i32, score: f32, source: &str) -> pb::Signal {
+        pb::Signal {
+            category,
+            score,
+            source: source.into(),
+        }
+    }
+
+    /// Each bad signal is named by its index and field; good ones pass and are merged.
+    #[test]
+    fn signals_are_checked_field_by_field() {
+        let weapons = pb::Category::IndiscriminateWeapons as i32;
+        let good = event_with(vec![signal(weapons, 0.9, "upstream")]);
+        assert!(event(&good).is_ok());
+        let cases = [
+            (
+                vec![signal(weapons, 0.5, ""), signal(0, 0.5, "")],
+                "signals[1].category: must be set",
+            ),
+            (
+                vec![signal(99, 0.5, "")],
+                "signals[0].category: unknown enum value 99",
+            ),
+            (
+                vec![
+                    signal(weapons, 0.5, ""),
+                    signal(weapons, 0.5, &"s".repeat(300)),
+                ],
+                "signals[1].source: is 300 bytes; the limit is 256",
+            ),
+        ];
+        for (signals, expected) in cases {
+            let err = event(&event_with(signals)).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+        let mut scores = Scores::default();
+        merge_signals(&mut scores, &good.signals);
+        assert_eq!(scores.get(Category::IndiscriminateWeapons), 0.9);
+    }
 }
