@@ -130,7 +130,8 @@ impl ThreadStore {
     pub fn new(config: StoreConfig) -> ThreadStore {
         // Pre-sized to the capacity: the table never rehashes (no doubling spike at a million
         // threads). Untouched pages cost address space only, but keys are uniform hashes, so
-        // most pages are resident from ~100k threads on (~2 per 4 KiB page at a million).
+        // most pages are resident from ~100k threads on (~2 threads per 4 KiB page in a table
+        // sized for a million).
         // 64 shards: a sweep or snapshot holds one shard's lock at a time, so more shards mean
         // shorter holds (about 16k threads each at a million).
         let map = Map::with_capacity_and_hasher_and_shard_amount(
