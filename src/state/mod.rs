@@ -10,7 +10,7 @@ mod snapshot;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -115,6 +115,11 @@ pub struct ThreadStore {
 
 struct Shared {
     map: Map,
+    /// The thread count as of the last recount, plus the inserts since: an upper bound on
+    /// `map.len()` (give or take inserts racing a recount) for one atomic add per insert, where
+    /// `map.len()` read-locks all 64 shards. Recounted when it passes the capacity and after
+    /// every sweep.
+    len_bound: AtomicUsize,
     config: StoreConfig,
     epoch: Instant,
     evictions: AtomicU64,
@@ -142,6 +147,7 @@ impl ThreadStore {
         ThreadStore {
             shared: Arc::new(Shared {
                 map,
+                len_bound: AtomicUsize::new(0),
                 config,
                 epoch: Instant::now(),
                 evictions: AtomicU64::new(0),
@@ -213,10 +219,23 @@ impl ThreadStore {
         self.shared.evictions.load(Ordering::Relaxed)
     }
 
+    /// Wakes the sweeper if the insert took the store over its capacity. Counts the threads
+    /// only when the bound says it may have.
     fn after_insert(&self) {
-        if self.shared.map.len() > self.shared.config.capacity {
+        let capacity = self.shared.config.capacity;
+        if self.shared.len_bound.fetch_add(1, Ordering::Relaxed) < capacity {
+            return;
+        }
+        if self.recount() > capacity {
             self.shared.full.notify_one();
         }
+    }
+
+    /// Counts the threads and resets the insert bound to the count.
+    fn recount(&self) -> usize {
+        let len = self.shared.map.len();
+        self.shared.len_bound.store(len, Ordering::Relaxed);
+        len
     }
 
     /// Drops threads idle for longer than their TTL; returns how many.
@@ -234,7 +253,7 @@ impl ThreadStore {
             };
             now.saturating_sub(s.last_active) <= limit
         });
-        let evicted = before.saturating_sub(self.shared.map.len());
+        let evicted = before.saturating_sub(self.recount());
         self.shared
             .evictions
             .fetch_add(evicted as u64, Ordering::Relaxed);
@@ -247,7 +266,7 @@ impl ThreadStore {
     /// exemption, forgetting an ordinary thread loses only escalation counters.
     pub fn evict_over_capacity(&self) -> usize {
         let capacity = self.shared.config.capacity;
-        let len = self.shared.map.len();
+        let len = self.recount();
         if len <= capacity {
             return 0;
         }
@@ -273,6 +292,7 @@ impl ThreadStore {
                 evicted += 1;
             }
         }
+        self.recount();
         self.shared
             .evictions
             .fetch_add(evicted as u64, Ordering::Relaxed);
@@ -313,11 +333,13 @@ impl ThreadStore {
     /// Loads threads from a snapshot written by `snapshot_to`; returns how many.
     pub fn restore_from(&self, path: &Path) -> Result<usize, SnapshotError> {
         let now = self.now();
-        snapshot::read(path, |key, mut state| {
+        let restored = snapshot::read(path, |key, mut state| {
             // The snapshot's clock was another process's: restart every thread's idle time.
             state.last_active = now;
             self.shared.map.insert(key, state);
-        })
+        });
+        self.recount();
+        restored
     }
 }
 

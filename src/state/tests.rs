@@ -187,3 +187,41 @@ fn insert_new_refuses_a_taken_key() {
         Ok(0)
     );
 }
+
+/// An insert that takes the store over its capacity wakes the sweeper at once, not at its next
+/// tick (an hour away here), and again after a sweep has recounted the threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_over_capacity_wakes_the_sweeper() {
+    let s = ThreadStore::new(StoreConfig {
+        idle_ttl: Duration::from_secs(3600),
+        locked_ttl: Duration::from_secs(3600),
+        capacity: 10,
+        sweep_interval: Duration::from_secs(3600),
+    });
+    let _guard = s.spawn_sweeper();
+    let settled = |s: &ThreadStore, want: usize| {
+        let s = s.clone();
+        async move {
+            for _ in 0..500 {
+                if s.len() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    for i in 0..10u128 {
+        touch(&s, ThreadKey::from_u128(i));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.len(), 10, "at capacity, nothing is evicted");
+    touch(&s, ThreadKey::from_u128(10));
+    assert!(settled(&s, 10).await, "first overflow swept: {}", s.len());
+    assert_eq!(s.evictions(), 1);
+    for i in 11..13u128 {
+        touch(&s, ThreadKey::from_u128(i));
+    }
+    assert!(settled(&s, 10).await, "second overflow swept: {}", s.len());
+    assert_eq!(s.evictions(), 3);
+}
