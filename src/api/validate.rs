@@ -9,19 +9,26 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Most caller signals accepted on one event.
 pub const MAX_SIGNALS: usize = 32;
 
-/// What is wrong with an id, if anything.
-fn id_problem(value: &str, required: bool) -> Option<String> {
-    if required && value.is_empty() {
-        return Some("must not be empty".into());
+/// Whether an id is acceptable: present if required, at most `MAX_ID_BYTES`.
+fn id_ok(value: &str, required: bool) -> bool {
+    !(required && value.is_empty()) && value.len() <= MAX_ID_BYTES
+}
+
+/// What is wrong with an id that `id_ok` rejected.
+#[cold]
+fn id_problem(value: &str) -> String {
+    if value.is_empty() {
+        "must not be empty".into()
+    } else {
+        format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len())
     }
-    (value.len() > MAX_ID_BYTES)
-        .then(|| format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len()))
 }
 
 fn id(field: &str, value: &str, required: bool) -> Result<(), EventError> {
-    match id_problem(value, required) {
-        Some(message) => Err(EventError::invalid(field, message)),
-        None => Ok(()),
+    if id_ok(value, required) {
+        Ok(())
+    } else {
+        Err(EventError::invalid(field, id_problem(value)))
     }
 }
 
@@ -65,8 +72,11 @@ pub fn event(
                 format!("{} is not a score between 0 and 1", s.score),
             ));
         }
-        if let Some(m) = id_problem(&s.source, false) {
-            return Err(EventError::invalid(format!("signals[{i}].source"), m));
+        if !id_ok(&s.source, false) {
+            return Err(EventError::invalid(
+                format!("signals[{i}].source"),
+                id_problem(&s.source),
+            ));
         }
     }
     use pb::conversation_event::Payload;
