@@ -13,25 +13,14 @@
 //! Run: `cargo run --release --example cold_classify -- [SIZE_BYTES=300] [SWEEP_MIB=64] [STRIDE=64] [IDLE_US=0] [sleep|spin]`
 //! (BENCHMARKS.md, "Huge pages for the automata").
 
-#[path = "../src/huge_alloc.rs"]
-mod huge_alloc;
-
-#[global_allocator]
-static ALLOCATOR: huge_alloc::HugeHint = huge_alloc::HugeHint;
+mod support;
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use support::{arg, user_texts};
 use threadwarden::classify::Classifier;
 use threadwarden::huge_pages;
-use threadwarden::loadgen::corpus::{Corpus, Mix, Size};
-
-fn arg(n: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let size = arg(1, 300);
@@ -57,15 +46,7 @@ fn main() {
         between >> 20,
         after >> 20
     );
-    let mix = Mix {
-        harmful_percent: 20,
-        assistant_percent: 0,
-    };
-    let texts: Vec<String> = Corpus::builtin(Size::Fixed(size), mix)
-        .entries
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let texts = user_texts(size, 20);
     let classifiers = [("small pages", &small), ("huge pages", &huge)];
 
     let mut hot = [0f64; 2];

@@ -14,25 +14,14 @@
 //! Run: `cargo run --release --example cold_parts -- [SIZE_BYTES=300] [IDLE_US=200] [ROUNDS=400]`
 //! (BENCHMARKS.md, "Changes in the seventh session").
 
-#[path = "../src/huge_alloc.rs"]
-mod huge_alloc;
-
-#[global_allocator]
-static ALLOCATOR: huge_alloc::HugeHint = huge_alloc::HugeHint;
+mod support;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use support::{arg, user_texts};
 use threadwarden::classify::{Classifier, MODEL_BYTES, Model, normalize};
 use threadwarden::huge_pages;
-use threadwarden::loadgen::corpus::{Corpus, Mix, Size};
-
-fn arg(n: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -49,15 +38,7 @@ fn main() {
     let model = Model::from_bytes(MODEL_BYTES)
         .expect("the built-in model loads")
         .adopted();
-    let mix = Mix {
-        harmful_percent: 10,
-        assistant_percent: 0,
-    };
-    let texts: Vec<String> = Corpus::builtin(Size::Fixed(size), mix)
-        .entries
-        .into_iter()
-        .map(|e| e.text)
-        .collect();
+    let texts = user_texts(size, 10);
     let normalized: Vec<String> = texts.iter().map(|t| normalize(t).into_owned()).collect();
 
     let parts: [(&str, &dyn Fn(usize)); 4] = [
