@@ -388,6 +388,7 @@ impl Ctx<'_> {
     fn evaluate(&self, i: usize, out: &mut Vec<Evidence>) {
         let e = self.entry(i);
         let Some(effect) = e.effect else { return };
+        let before = out.len();
         match e.role {
             Role::Direct => self.direct(i, effect, out),
             Role::Object => self.object(i, effect, out),
@@ -398,6 +399,13 @@ impl Ctx<'_> {
             Role::EndVerb => self.end_verb(i, effect, out),
             _ => {}
         }
+        // The two role lists must agree: evidence from an entry `scores` rejects would be lost
+        // on texts whose only hits are of its kind.
+        debug_assert!(
+            e.scores() || out.len() == before,
+            "Entry::scores misses role {:?}",
+            e.role
+        );
     }
 
     /// At most five words: short enough that an insult is aimed at whoever reads it.
