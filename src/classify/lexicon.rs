@@ -5,6 +5,7 @@
 //! It must not score anything (that is `rules`), do I/O beyond `include_str!`, or use tokio.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::dfa::DFA;
@@ -609,31 +610,155 @@ impl Matcher {
     }
 
     /// Like [`Lexicon::for_each_hit`] for this automaton; returns false if `f` stopped it.
+    ///
+    /// Texts of [`LANES_FROM_BYTES`] or more are walked in segments of [`LANES`] pieces
+    /// ([`Matcher::walk_lanes`]); the rest of the text in one walk.
     #[inline]
     fn for_each_hit(&self, text: &str, f: &mut impl FnMut(usize, usize, usize) -> bool) -> bool {
-        let dfa = &self.dfa;
-        let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+        let Ok(start) = self.dfa.start_state(Anchored::No) else {
             return true;
         };
         // Only an empty pattern makes the start state a match; terms are never empty.
-        if dfa.is_match(sid) && !self.report(text, sid, 0, f) {
+        if self.dfa.is_match(start) && !self.report(text, start, 0, f) {
             return false;
         }
-        for (at, &b) in text.as_bytes().iter().enumerate() {
-            sid = dfa.next_state(Anchored::No, sid, b);
-            if dfa.is_special(sid) {
-                if dfa.is_dead(sid) {
-                    return true;
+        let (mut state, mut at) = (start, 0);
+        while text.len() - at >= LANES_FROM_BYTES {
+            let steps = ((text.len() - at) / LANES).min(SEGMENT_STEPS);
+            match self.walk_lanes(text, start, state, at, steps, f) {
+                ControlFlow::Continue(next) => state = next,
+                ControlFlow::Break(go_on) => return go_on,
+            }
+            at += LANES * steps;
+        }
+        match self.walk(text, state, at, text.len(), f) {
+            ControlFlow::Continue(_) => true,
+            ControlFlow::Break(go_on) => go_on,
+        }
+    }
+
+    /// Walks `text[from..to]` from `state` (the walk's state at `from`), reporting every
+    /// match that ends after `from`. Gives the state at `to`, or breaks with the value for
+    /// [`Matcher::for_each_hit`]: false if `f` stopped, true at the dead state (which an
+    /// unanchored standard DFA never enters).
+    #[inline]
+    fn walk(
+        &self,
+        text: &str,
+        mut state: StateID,
+        from: usize,
+        to: usize,
+        f: &mut impl FnMut(usize, usize, usize) -> bool,
+    ) -> ControlFlow<bool, StateID> {
+        let dfa = &self.dfa;
+        for (at, &b) in text.as_bytes()[from..to].iter().enumerate() {
+            state = dfa.next_state(Anchored::No, state, b);
+            if dfa.is_special(state) {
+                let end = from + at + 1;
+                if dfa.is_dead(state) {
+                    return ControlFlow::Break(true);
                 }
-                if dfa.is_match(sid)
-                    && !self.sub_word(text, sid, at + 1)
-                    && !self.report(text, sid, at + 1, f)
+                if dfa.is_match(state)
+                    && !self.sub_word(text, state, end)
+                    && !self.report(text, state, end, f)
                 {
-                    return false;
+                    return ControlFlow::Break(false);
                 }
             }
         }
-        true
+        ControlFlow::Continue(state)
+    }
+
+    /// [`Matcher::walk`] over `text[from..from + LANES * steps]`, with the same hits in the
+    /// same order, from [`LANES`] walks over consecutive pieces of `steps` bytes, advanced
+    /// together one byte each per step.
+    ///
+    /// One walk is a chain of dependent loads (each state's row gives the next state), so
+    /// after an idle gap, when the rows have left the caches, it waits for one miss at a time.
+    /// Independent walks keep several misses in flight.
+    ///
+    /// Each lane but the first starts its piece at the start state, which is wrong while a
+    /// pattern that began in the previous piece is still open. So lane k's true end state is
+    /// carried on into piece k + 1, reporting as it goes, beside piece k + 1's own walk
+    /// re-read from its first byte, until the two states are equal. From there the walks
+    /// agree, and piece k + 1's own matches count. They meet within the longest pattern's
+    /// length (a state is the trie node of the longest suffix read that begins a pattern),
+    /// usually within a word. Matches are buffered per lane (a few per piece survive
+    /// [`Matcher::sub_word`]); if a buffer fills, the segment is walked again in one lane.
+    fn walk_lanes(
+        &self,
+        text: &str,
+        start: StateID,
+        state: StateID,
+        from: usize,
+        steps: usize,
+        f: &mut impl FnMut(usize, usize, usize) -> bool,
+    ) -> ControlFlow<bool, StateID> {
+        let dfa = &self.dfa;
+        let bytes = text.as_bytes();
+        let first: [usize; LANES] = std::array::from_fn(|k| from + k * steps);
+        let pieces: [&[u8]; LANES] = std::array::from_fn(|k| &bytes[first[k]..first[k] + steps]);
+        let mut sid = [start; LANES];
+        sid[0] = state;
+        let mut found = [Found::default(); LANES];
+        // One index over all the lanes: the loop body is the lanes' steps side by side.
+        #[expect(clippy::needless_range_loop, reason = "i indexes every lane's piece")]
+        for i in 0..steps {
+            for k in 0..LANES {
+                sid[k] = dfa.next_state(Anchored::No, sid[k], pieces[k][i]);
+                if dfa.is_special(sid[k]) {
+                    let end = first[k] + i + 1;
+                    if dfa.is_dead(sid[k]) {
+                        found[k].overflow = true;
+                    } else if dfa.is_match(sid[k]) && !self.sub_word(text, sid[k], end) {
+                        found[k].push(sid[k], end);
+                    }
+                }
+            }
+        }
+        if found.iter().any(|lane| lane.overflow) {
+            return self.walk(text, state, from, from + LANES * steps, f);
+        }
+        // Every match ending at or before `reported` has been reported.
+        let mut reported = from;
+        for k in 0..LANES {
+            for &(at, end) in &found[k].events[..found[k].len] {
+                if end as usize > reported && !self.report(text, at, end as usize, f) {
+                    return ControlFlow::Break(false);
+                }
+            }
+            if k == LANES - 1 {
+                break;
+            }
+            let mut truth = sid[k];
+            let mut own = start;
+            let mut p = first[k + 1];
+            let piece_end = p + steps;
+            while truth != own && p < piece_end {
+                let b = bytes[p];
+                p += 1;
+                truth = dfa.next_state(Anchored::No, truth, b);
+                own = dfa.next_state(Anchored::No, own, b);
+                if dfa.is_special(truth) {
+                    if dfa.is_dead(truth) {
+                        return ControlFlow::Break(true);
+                    }
+                    if dfa.is_match(truth)
+                        && !self.sub_word(text, truth, p)
+                        && !self.report(text, truth, p, f)
+                    {
+                        return ControlFlow::Break(false);
+                    }
+                }
+            }
+            if truth != own {
+                // Still apart at the end of the next piece (a piece shorter than a pattern):
+                // none of that piece's own matches count, and its end state is the carried one.
+                sid[k + 1] = truth;
+            }
+            reported = p;
+        }
+        ControlFlow::Continue(sid[LANES - 1])
     }
 
     /// The common case of [`Matcher::report`], inline: a match state inside a word (an ASCII
@@ -688,6 +813,52 @@ impl Matcher {
             }
         }
         true
+    }
+}
+
+/// Walks [`Matcher::walk_lanes`] advances together.
+const LANES: usize = 4;
+
+/// Texts shorter than this are walked in one lane.
+const LANES_FROM_BYTES: usize = 128;
+
+/// The longest piece of a segment: a 1 KiB segment has room for a match every 4 bytes.
+const SEGMENT_STEPS: usize = 256;
+
+/// Matches one lane buffers before its segment is walked again in one lane. Real text has at
+/// most about one every 6 bytes that survives [`Matcher::sub_word`] (short words that are
+/// patterns: "i", "you", "kill").
+const LANE_EVENTS: usize = 64;
+
+/// One lane's buffered matches, in order; `overflow` when they did not fit, or the lane met
+/// the dead state.
+#[derive(Clone, Copy)]
+struct Found {
+    events: [(StateID, u32); LANE_EVENTS],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for Found {
+    fn default() -> Self {
+        Found {
+            events: [(StateID::ZERO, 0); LANE_EVENTS],
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl Found {
+    #[inline(always)]
+    fn push(&mut self, sid: StateID, end: usize) {
+        if self.len == LANE_EVENTS {
+            self.overflow = true;
+        } else {
+            // Texts are bounded by the caller far below 4 GiB.
+            self.events[self.len] = (sid, end as u32);
+            self.len += 1;
+        }
     }
 }
 
@@ -891,4 +1062,143 @@ fn parse_term(expanded: &str) -> (String, bool, bool) {
 pub fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xf900..=0xfaff | 0xac00..=0xd7af)
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn lexicon() -> &'static Lexicon {
+        static LEX: OnceLock<Lexicon> = OnceLock::new();
+        LEX.get_or_init(|| Lexicon::from_yaml(BUILTIN_YAML).expect("the built-in lexicon"))
+    }
+
+    /// Every hit of `m` in `text`, from the lanes or from one walk, until `limit` hits.
+    fn hits(m: &Matcher, text: &str, lanes: bool, limit: usize) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let mut f = |pattern, start, end| {
+            out.push((pattern, start, end));
+            out.len() < limit
+        };
+        let start = m
+            .dfa
+            .start_state(Anchored::No)
+            .expect("an unanchored start");
+        if lanes {
+            // One segment, however long: pieces of a quarter of the text, the remainder alone.
+            let steps = text.len() / LANES;
+            if let ControlFlow::Continue(state) = m.walk_lanes(text, start, start, 0, steps, &mut f)
+            {
+                let _ = m.walk(text, state, LANES * steps, text.len(), &mut f);
+            }
+        } else {
+            let _ = m.walk(text, start, 0, text.len(), &mut f);
+        }
+        out
+    }
+
+    /// What `Matcher::for_each_hit` reports (segments of lanes for long texts).
+    fn segmented(m: &Matcher, text: &str, limit: usize) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        m.for_each_hit(text, &mut |pattern, start, end| {
+            out.push((pattern, start, end));
+            out.len() < limit
+        });
+        out
+    }
+
+    fn assert_same(m: &Matcher, text: &str) {
+        for limit in [usize::MAX, 1, 3] {
+            let one = hits(m, text, false, limit);
+            assert_eq!(
+                hits(m, text, true, limit),
+                one,
+                "text {text:?}, limit {limit}"
+            );
+            assert_eq!(
+                segmented(m, text, limit),
+                one,
+                "text {text:?}, limit {limit}"
+            );
+        }
+    }
+
+    /// More matches than the lanes can hold: the segment is walked again in one lane.
+    #[test]
+    fn lanes_that_overflow_walk_again() {
+        let lex = lexicon();
+        let m = &lex.automata[0];
+        // A short word that is a pattern, repeated: a hit every few bytes.
+        let word = lex
+            .patterns
+            .iter()
+            .map(|p| p.term.as_str())
+            .filter(|t| t.len() <= 3 && t.bytes().all(|b| b.is_ascii_lowercase()))
+            .find(|t| hits(m, &format!("{t} {t}"), false, usize::MAX).len() == 2)
+            .expect("a short word pattern");
+        let text = format!("{word} ").repeat(LANES * LANE_EVENTS * 2);
+        let all = hits(m, &text, false, usize::MAX);
+        let ends: std::collections::BTreeSet<usize> = all.iter().map(|h| h.2).collect();
+        assert!(
+            ends.len() >= 2 * LANES * LANE_EVENTS,
+            "every {word:?} is a hit"
+        );
+        assert_same(m, &text);
+        assert_same(m, &text[..LANES * SEGMENT_STEPS + 7]);
+    }
+
+    /// A pattern longer than a piece leaves the lanes apart to the next piece's end; short
+    /// texts have pieces of a few bytes.
+    #[test]
+    fn lanes_agree_when_a_pattern_spans_pieces() {
+        let lex = lexicon();
+        let mut long: Vec<&Pattern> = lex.patterns.iter().filter(|p| p.term.len() >= 24).collect();
+        long.sort_by_key(|p| std::cmp::Reverse(p.term.len()));
+        assert!(long.len() > 50, "the built-in lexicon has long phrases");
+        let mut found = 0;
+        for p in long.iter().take(400) {
+            let m = &lex.automata[usize::from(!p.term.is_ascii())];
+            for text in [
+                p.term.clone(),
+                format!("x {}", p.term),
+                format!("{} {} and", p.term, p.term),
+                format!(
+                    "the {}{}",
+                    p.term,
+                    &p.term[..p.term.floor_char_boundary(p.term.len() / 2)]
+                ),
+            ] {
+                assert_same(m, &text);
+                found += hits(m, &text, true, usize::MAX).len();
+            }
+        }
+        assert!(found > 400, "the texts hit their patterns");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Terms, parts of terms and filler, glued by separators: the lanes give the same hits
+        /// in the same order as one walk, and stop at the same hit.
+        #[test]
+        fn lanes_agree_with_one_walk(
+            parts in prop::collection::vec((any::<prop::sample::Index>(), 0..8u8, 0..4u8), 0..160),
+        ) {
+            let lex = lexicon();
+            let mut text = String::new();
+            for (i, sep, cut) in parts {
+                let term = &lex.patterns[i.index(lex.patterns.len())].term;
+                let keep = if cut == 0 { term.len() / 2 } else { term.len() };
+                text.push_str(&term[..term.floor_char_boundary(keep)]);
+                text.push_str(["", " ", "  ", ".", "a", "s ", ", i ", "zq "][usize::from(sep)]);
+            }
+            for m in &lex.automata {
+                assert_same(m, &text);
+            }
+        }
+    }
 }
