@@ -10,6 +10,10 @@
 //!
 //! Benign and harmful texts alternate; `callgrind_annotate --inclusive=yes` gives the cost of
 //! each part; divide by CALLS for per call.
+//!
+//! With a third argument SWEEP_MIB, each call comes after a sweep of that many MiB (outside the
+//! collected function), so `--cache-sim=yes` shows where a call that finds every cache cold
+//! misses: `callgrind_annotate --inclusive=yes --show=Ir,D1mr,DLmr,I1mr,ILmr`.
 
 use std::hint::black_box;
 
@@ -54,15 +58,35 @@ fn drive_classify(c: &Classifier, texts: &[String], calls: usize) -> f32 {
     run(c, texts, calls)
 }
 
+/// One call, after the caller's sweep.
+#[inline(never)]
+fn drive_classify_cold(c: &Classifier, text: &str) -> f32 {
+    black_box(c.classify(black_box(text))).categories[0]
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let calls: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300);
+    let sweep_mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let c = Classifier::builtin();
     let texts = texts(size);
     // Warm the lazily built parts outside the measured function.
     black_box(run(&c, &texts, 10));
     let start = std::time::Instant::now();
-    let a = drive_classify(&c, &texts, calls);
+    let a = if sweep_mib == 0 {
+        drive_classify(&c, &texts, calls)
+    } else {
+        let mut sweep = vec![0u8; sweep_mib << 20];
+        let mut acc = 0.0;
+        for i in 0..calls {
+            for line in sweep.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            black_box(&sweep);
+            acc += drive_classify_cold(&c, &texts[i % texts.len()]);
+        }
+        acc
+    };
     eprintln!("{calls} calls at {size} B in {:?} ({a})", start.elapsed());
 }

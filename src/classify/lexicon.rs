@@ -719,6 +719,7 @@ impl Matcher {
         if found.iter().any(|lane| lane.overflow) {
             return self.walk(text, state, from, from + LANES * steps, f);
         }
+        self.touch(&found);
         // Every match ending at or before `reported` has been reported.
         let mut reported = from;
         for k in 0..LANES {
@@ -759,6 +760,22 @@ impl Matcher {
             reported = p;
         }
         ControlFlow::Continue(sid[LANES - 1])
+    }
+
+    /// Loads each buffered match's span and first hit, which [`Matcher::report`] then reads
+    /// one match after another: here the loads of all the matches are in flight together.
+    #[inline]
+    fn touch(&self, found: &[Found; LANES]) {
+        let mut sum = 0u32;
+        for lane in found {
+            for &(sid, _) in &lane.events[..lane.len] {
+                let span = self.spans[self.index(sid)];
+                if let Some(hit) = self.hits.get(span.start as usize) {
+                    sum = sum.wrapping_add(hit.pattern);
+                }
+            }
+        }
+        std::hint::black_box(sum);
     }
 
     /// The common case of [`Matcher::report`], inline: a match state inside a word (an ASCII
