@@ -10,6 +10,10 @@
 //!
 //! Everything per event happens inside `drive_events`, so `--toggle-collect` leaves out the set-up
 //! (building the classifier's automaton, parsing the embedded YAML).
+//!
+//! With a third argument SWEEP_MIB, each event comes after a sweep of that many MiB (outside
+//! the collected function), for callgrind's `--cache-sim=yes`: where an event that finds the
+//! data caches cold misses.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +31,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let events: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let threads: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let sweep_mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let corpus = Corpus::builtin(
         Size::Fixed(300),
         Mix {
@@ -44,13 +49,43 @@ fn main() {
         Sinks::quiet(7),
     );
     let started = Instant::now();
-    let bytes = drive_events(&engine, &generator, events);
+    let bytes = if sweep_mib == 0 {
+        drive_events(&engine, &generator, events)
+    } else {
+        // Every thread exists first, as in a long-lived sidecar; then each event runs cold.
+        drive_events(&engine, &generator, threads);
+        let mut sweep = vec![0u8; sweep_mib << 20];
+        (0..events)
+            .map(|n| {
+                for line in sweep.chunks_mut(64) {
+                    line[0] = line[0].wrapping_add(1);
+                }
+                std::hint::black_box(&sweep);
+                drive_events_cold(&engine, &generator, threads + n)
+            })
+            .sum()
+    };
     let took = started.elapsed();
     println!(
         "{events} events over {threads} threads: {:.2} µs per event, {} answer bytes",
         took.as_secs_f64() * 1e6 / events as f64,
         bytes
     );
+}
+
+/// Event `n` alone, after the caller's sweep.
+#[inline(never)]
+fn drive_events_cold(engine: &Engine, generator: &Generator, n: u64) -> usize {
+    let request = generator.request(n);
+    let req = pb::ModerateRequest::decode(request).expect("valid request");
+    let event = req.event.expect("event");
+    let verdict = engine.decide(&event).expect("decided").verdict;
+    let resp = pb::ModerateResponse {
+        event_id: event.event_id,
+        thread_id: event.thread_id,
+        result: Some(pb::moderate_response::Result::Verdict(verdict)),
+    };
+    resp.encoded_len()
 }
 
 /// The measured loop: per event, build its request bytes (the load generator's cost, small),
