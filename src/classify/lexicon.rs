@@ -623,7 +623,9 @@ impl Matcher {
             return false;
         }
         let (mut state, mut at) = (start, 0);
-        while text.len() - at >= LANES_FROM_BYTES {
+        // The lanes keep match ends as u32; callers bound texts far below that anyway.
+        let lanes = u32::try_from(text.len()).is_ok();
+        while lanes && text.len() - at >= LANES_FROM_BYTES {
             let steps = ((text.len() - at) / LANES).min(SEGMENT_STEPS);
             match self.walk_lanes(text, start, state, at, steps, f) {
                 ControlFlow::Continue(next) => state = next,
@@ -872,7 +874,7 @@ impl Found {
         if self.len == LANE_EVENTS {
             self.overflow = true;
         } else {
-            // Texts are bounded by the caller far below 4 GiB.
+            // `for_each_hit` walks lanes only for texts shorter than 4 GiB.
             self.events[self.len] = (sid, end as u32);
             self.len += 1;
         }
