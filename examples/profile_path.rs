@@ -76,16 +76,21 @@ fn main() {
 /// Event `n` alone, after the caller's sweep.
 #[inline(never)]
 fn drive_events_cold(engine: &Engine, generator: &Generator, n: u64) -> usize {
+    answer(engine, generator, n).encoded_len()
+}
+
+/// Event `n`'s request bytes (the load generator's cost, small), decoded and decided.
+#[inline(always)]
+fn answer(engine: &Engine, generator: &Generator, n: u64) -> pb::ModerateResponse {
     let request = generator.request(n);
     let req = pb::ModerateRequest::decode(request).expect("valid request");
     let event = req.event.expect("event");
     let verdict = engine.decide(&event).expect("decided").verdict;
-    let resp = pb::ModerateResponse {
+    pb::ModerateResponse {
         event_id: event.event_id,
         thread_id: event.thread_id,
         result: Some(pb::moderate_response::Result::Verdict(verdict)),
-    };
-    resp.encoded_len()
+    }
 }
 
 /// The measured loop: per event, build its request bytes (the load generator's cost, small),
@@ -95,15 +100,7 @@ fn drive_events(engine: &Engine, generator: &Generator, events: u64) -> usize {
     let mut out = Vec::with_capacity(1024);
     let mut bytes = 0usize;
     for n in 0..events {
-        let request = generator.request(n);
-        let req = pb::ModerateRequest::decode(request).expect("valid request");
-        let event = req.event.expect("event");
-        let verdict = engine.decide(&event).expect("decided").verdict;
-        let resp = pb::ModerateResponse {
-            event_id: event.event_id,
-            thread_id: event.thread_id,
-            result: Some(pb::moderate_response::Result::Verdict(verdict)),
-        };
+        let resp = answer(engine, generator, n);
         out.clear();
         resp.encode(&mut out).expect("encoded");
         bytes += out.len();

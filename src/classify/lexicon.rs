@@ -656,19 +656,32 @@ impl Matcher {
         for (at, &b) in text.as_bytes()[from..to].iter().enumerate() {
             state = dfa.next_state(Anchored::No, state, b);
             if dfa.is_special(state) {
-                let end = from + at + 1;
-                if dfa.is_dead(state) {
-                    return ControlFlow::Break(true);
-                }
-                if dfa.is_match(state)
-                    && !self.sub_word(text, state, end)
-                    && !self.report(text, state, end, f)
-                {
-                    return ControlFlow::Break(false);
-                }
+                self.special(text, state, from + at + 1, f)?;
             }
         }
         ControlFlow::Continue(state)
+    }
+
+    /// A walk at special state `state` after `text[..end]`: reports its hits, or breaks as
+    /// [`Matcher::walk`] does.
+    #[inline(always)]
+    fn special(
+        &self,
+        text: &str,
+        state: StateID,
+        end: usize,
+        f: &mut impl FnMut(usize, usize, usize) -> bool,
+    ) -> ControlFlow<bool> {
+        if self.dfa.is_dead(state) {
+            return ControlFlow::Break(true);
+        }
+        if self.dfa.is_match(state)
+            && !self.sub_word(text, state, end)
+            && !self.report(text, state, end, f)
+        {
+            return ControlFlow::Break(false);
+        }
+        ControlFlow::Continue(())
     }
 
     /// [`Matcher::walk`] over `text[from..from + LANES * steps]`, with the same hits in the
@@ -743,15 +756,7 @@ impl Matcher {
                 truth = dfa.next_state(Anchored::No, truth, b);
                 own = dfa.next_state(Anchored::No, own, b);
                 if dfa.is_special(truth) {
-                    if dfa.is_dead(truth) {
-                        return ControlFlow::Break(true);
-                    }
-                    if dfa.is_match(truth)
-                        && !self.sub_word(text, truth, p)
-                        && !self.report(text, truth, p, f)
-                    {
-                        return ControlFlow::Break(false);
-                    }
+                    self.special(text, truth, p, f)?;
                 }
             }
             if truth != own {
