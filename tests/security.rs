@@ -491,7 +491,7 @@ async fn an_idle_client_that_reads_is_never_taken_for_a_slow_consumer() {
 #[tokio::test]
 async fn the_call_timeout_does_not_cut_long_lived_streams() {
     let server = start_server(ServeConfig {
-        call_timeout: Duration::from_millis(100),
+        call_timeout: Some(Duration::from_millis(100)),
         ..ServeConfig::default()
     })
     .await;

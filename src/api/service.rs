@@ -36,7 +36,11 @@ struct CallTrace {
 }
 
 impl CallTrace {
+    /// Empty when per-event spans are off: only a span reads it.
     fn of<T>(request: &Request<T>) -> CallTrace {
+        if !telemetry::event_spans() {
+            return CallTrace::default();
+        }
         let get = |k: &str| {
             request
                 .metadata()
