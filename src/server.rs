@@ -61,11 +61,9 @@ pub struct ServeConfig {
     pub stream_limits: StreamLimits,
     /// HTTP/2 streams one connection may open at once.
     pub max_streams_per_connection: u32,
-    /// Server-side deadline of each call's handler (a client's shorter grpc-timeout wins); none
-    /// by default. No handler awaits anything, each answers in its first poll, so a deadline
-    /// cannot fire before the answer is ready; it costs a timer per unary call (~2.5k
-    /// instructions, BENCHMARKS.md, ninth session).
-    pub call_timeout: Option<Duration>,
+    /// Deadline of a unary call (and of a stream's first response); clients' grpc-timeout applies
+    /// when shorter.
+    pub call_timeout: Duration,
     /// Crisis webhook.
     pub crisis_webhook: Option<NotifierConfig>,
     /// Open connections and the handshake deadline.
@@ -99,7 +97,7 @@ impl Default for ServeConfig {
             tls: None,
             stream_limits: StreamLimits::default(),
             max_streams_per_connection: 1024,
-            call_timeout: None,
+            call_timeout: Duration::from_secs(10),
             crisis_webhook: None,
             connection_limits: ConnectionLimits::default(),
         }
@@ -344,13 +342,14 @@ impl App {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut builder = tonic::transport::Server::builder()
+            // A unary call's deadline. The handlers answer in their first poll; what it bounds
+            // is a call whose request message never arrives (tests/security.rs). Streams are
+            // bounded by their own limits instead.
+            .timeout(config.call_timeout)
             .max_concurrent_streams(config.max_streams_per_connection)
             // Pings find peers that vanished without closing (a dead pod, a cut network).
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-        if let Some(deadline) = config.call_timeout {
-            builder = builder.timeout(deadline);
-        }
         let tls_on = tls.is_some();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;

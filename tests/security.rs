@@ -491,7 +491,7 @@ async fn an_idle_client_that_reads_is_never_taken_for_a_slow_consumer() {
 #[tokio::test]
 async fn the_call_timeout_does_not_cut_long_lived_streams() {
     let server = start_server(ServeConfig {
-        call_timeout: Some(Duration::from_millis(100)),
+        call_timeout: Duration::from_millis(100),
         ..ServeConfig::default()
     })
     .await;
@@ -510,6 +510,87 @@ async fn the_call_timeout_does_not_cut_long_lived_streams() {
             (i + 1) * 100
         );
     }
+    server.shutdown().await;
+}
+
+/// Opens an `Evaluate` call on a raw HTTP/2 connection and sends its headers but never its
+/// message; gives the call's grpc-status, or None if nothing came back within `wait`.
+async fn stalled_unary_status(addr: std::net::SocketAddr, wait: Duration) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/threadwarden.v1.ModerationService/Evaluate"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _body) = client.send_request(request, false).unwrap();
+    let status = match tokio::time::timeout(wait, response).await {
+        Err(_) => None,
+        Ok(response) => {
+            let response = response.expect("a response, not a reset");
+            match response.headers().get("grpc-status") {
+                Some(code) => Some(code.to_str().unwrap().to_string()),
+                None => {
+                    let mut body = response.into_body();
+                    while body.data().await.is_some() {}
+                    let trailers = body.trailers().await.unwrap().expect("trailers");
+                    Some(trailers["grpc-status"].to_str().unwrap().to_string())
+                }
+            }
+        }
+    };
+    connection.abort();
+    status
+}
+
+/// The call deadline is what frees a unary call whose client sends headers and then nothing:
+/// every handler answers in its first poll, but reading the request message waits on the client.
+#[tokio::test]
+async fn the_call_timeout_ends_a_unary_call_whose_message_never_comes() {
+    let server = start_server(ServeConfig {
+        call_timeout: Duration::from_millis(200),
+        ..ServeConfig::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = stalled_unary_status(server.addr, Duration::from_secs(10)).await;
+    let code = status.expect("an answer within 10 s");
+    println!(
+        "a unary call without its message: grpc-status {code} after {:?}",
+        started.elapsed()
+    );
+    assert_ne!(code, "0", "a call without a message succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    // The server still answers a complete call.
+    let mut client = server.client().await;
+    let answer = client
+        .evaluate(pb::EvaluateRequest {
+            event: Some(user("e1", "after-stall", "hello")),
+        })
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    server.shutdown().await;
+
+    // With a long deadline the same call is still open a second later: the deadline ended it.
+    let server = start_server(ServeConfig {
+        call_timeout: Duration::from_secs(60),
+        ..ServeConfig::default()
+    })
+    .await;
+    assert_eq!(
+        stalled_unary_status(server.addr, Duration::from_secs(1)).await,
+        None
+    );
     server.shutdown().await;
 }
 
