@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark suite of issue 5, self-contained: builds release once, then runs
-#   1. the criterion microbenchmarks (benches/micro.rs) with a reduced measurement time,
-#   2. `threadwarden loadgen`: every load scenario against the sidecar and the echo baseline,
+#   1. the criterion microbenchmarks (bench/benches/micro.rs) with a reduced measurement time,
+#   2. `threadwarden-bench loadgen`: every load scenario against the sidecar and the echo baseline,
 #      interleaved over 3 runs on fresh child processes, plus the scale run (10,000 streams,
 #      1,000,000 threads),
-#   3. the memory benchmark (examples/membench.rs): RSS per thread at 100k, 1M and 2M threads,
+#   3. the memory benchmark (bench/examples/membench.rs): RSS per thread at 100k, 1M and 2M threads,
 #      and under eviction at a 1M capacity,
 # and writes BENCHMARKS.md-ready Markdown to $OUT/BENCHMARKS.generated.md (also printed).
 #
@@ -39,9 +39,11 @@ OUT=$(cd "$OUT" && pwd)
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "release build (sidecar, memory benchmark, profile driver, microbenchmarks)"
-cargo build --release --locked --bin threadwarden --example membench --example profile_path
-cargo bench --locked --bench micro --no-run
-cp target/release/threadwarden target/release/examples/membench target/release/examples/profile_path "$OUT/"
+cargo build --release --locked -p threadwarden --bin threadwarden
+cargo build --release --locked -p threadwarden-bench --bin threadwarden-bench --example membench --example profile_path
+cargo bench --locked -p threadwarden-bench --bench micro --no-run
+cp target/release/threadwarden target/release/threadwarden-bench target/release/examples/membench \
+    target/release/examples/profile_path "$OUT/"
 
 if [ "$MODE" = profile ]; then
     command -v valgrind >/dev/null || { echo "valgrind is needed for --profile" >&2; exit 1; }
@@ -57,12 +59,12 @@ if [ "$MODE" = profile ]; then
         local name=$1 scenario=$2; shift 2
         local log="$P/$name.log" server_args
         if [[ $name == sidecar* ]]; then
-            server_args=(serve --listen 127.0.0.1:0 --decision-log off)
+            server_args=("$OUT/threadwarden" serve --listen 127.0.0.1:0 --decision-log off)
         else
-            server_args=(echo-server --listen 127.0.0.1:0)
+            server_args=("$OUT/threadwarden-bench" echo-server --listen 127.0.0.1:0)
         fi
         valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$P/$name.out" \
-            "$OUT/threadwarden" "${server_args[@]}" >"$log" 2>"$P/$name.valgrind.log" &
+            "${server_args[@]}" >"$log" 2>"$P/$name.valgrind.log" &
         local pid=$! addr=""
         for _ in $(seq 1 600); do
             addr=$(grep -o '"listen":"[^"]*"' "$log" | head -1 | cut -d'"' -f4 || true)
@@ -71,7 +73,7 @@ if [ "$MODE" = profile ]; then
         done
         [ -n "$addr" ] || { echo "$name did not start under valgrind" >&2; kill "$pid"; exit 1; }
         callgrind_control -i on "$pid" >/dev/null
-        "$OUT/threadwarden" loadgen --target "$addr" --scenarios "$scenario" --runs 1 \
+        "$OUT/threadwarden-bench" loadgen --target "$addr" --scenarios "$scenario" --runs 1 \
             --warmup 0s --duration 15s --json "$@" >"$P/$name.loadgen.json"
         callgrind_control -i off "$pid" >/dev/null
         kill -TERM "$pid"; wait "$pid" || true
@@ -123,10 +125,10 @@ MACHINE="$OUT/machine.md"
 step "microbenchmarks (criterion, ${CRITERION_FLAGS[*]})"
 export CRITERION_HOME="$OUT/criterion"
 rm -rf "$CRITERION_HOME"
-cargo bench --locked --bench micro -- "${CRITERION_FLAGS[@]}" 2>&1 | tee "$OUT/criterion.log" >&2
+cargo bench --locked -p threadwarden-bench --bench micro -- "${CRITERION_FLAGS[@]}" 2>&1 | tee "$OUT/criterion.log" >&2
 
 step "load: sidecar beside echo (${LOADGEN_FLAGS[*]})"
-"$OUT/threadwarden" loadgen "${LOADGEN_FLAGS[@]}" --criterion "$CRITERION_HOME" \
+"$OUT/threadwarden-bench" loadgen "${LOADGEN_FLAGS[@]}" --criterion "$CRITERION_HOME" \
     --server-bin "$OUT/threadwarden" --json --markdown "$OUT/loadgen.md" >"$OUT/loadgen.json"
 
 step "memory (${MEMBENCH_FLAGS[*]:-defaults})"
@@ -141,9 +143,9 @@ step "memory (${MEMBENCH_FLAGS[*]:-defaults})"
     echo
     echo '```sh'
     echo "scripts/bench.sh$([ "$MODE" = quick ] && echo ' --quick')   # all of the below"
-    echo "cargo bench --bench micro -- ${CRITERION_FLAGS[*]}"
-    echo "threadwarden loadgen ${LOADGEN_FLAGS[*]} --criterion target/criterion --markdown loadgen.md"
-    echo "cargo run --release --example membench -- ${MEMBENCH_FLAGS[*]}"
+    echo "cargo bench -p threadwarden-bench --bench micro -- ${CRITERION_FLAGS[*]}"
+    echo "threadwarden-bench loadgen ${LOADGEN_FLAGS[*]} --criterion target/criterion --markdown loadgen.md"
+    echo "cargo run --release -p threadwarden-bench --example membench -- ${MEMBENCH_FLAGS[*]}"
     echo '```'
     echo
     cat "$OUT/loadgen.md"

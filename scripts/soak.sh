@@ -24,7 +24,8 @@ CSV="$OUT/soak.csv"
 LOG="$OUT/server.log"
 
 echo "==> release build (sidecar and soak driver)"
-cargo build --release --locked --bin threadwarden --example soak
+cargo build --release --locked -p threadwarden --bin threadwarden
+cargo build --release --locked -p threadwarden-bench --example soak
 
 echo "==> sidecar: --max-threads $MAX_THREADS"
 target/release/threadwarden serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \

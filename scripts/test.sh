@@ -15,8 +15,8 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 step "Release build (protoc is vendored: no system protoc needed)"
 cargo build --release --locked
 
-step "Rust tests (unit, property, integration over 127.0.0.1)"
-cargo test --locked --all-targets
+step "Rust tests, every workspace member (unit, property, integration over 127.0.0.1)"
+cargo test --locked --workspace --all-targets
 
 step "Supply chain: cargo deny (licences, duplicate versions, sources; deny.toml)"
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2

@@ -1,6 +1,8 @@
 //! `threadwarden check`: classify one text and explain it (rules fired, suppressors, scores),
 //! plus what the built-in policy would answer if it were a thread's first user turn.
 
+use std::path::Path;
+
 use serde_json::json;
 
 use crate::classify::Classifier;
@@ -144,4 +146,27 @@ pub fn run(classifier: &Classifier, text: &str, as_json: bool) {
         verdict.action.name(),
         verdict.reason.name()
     );
+}
+
+/// The built-in classifier, or the same model over a lexicon file (`--lexicon`, to measure a
+/// lexicon change without a rebuild); without the learned heads when `rules_only`.
+pub fn classifier_with(
+    lexicon: Option<&Path>,
+    rules_only: bool,
+) -> Result<std::sync::Arc<Classifier>, String> {
+    let base = match lexicon {
+        None if !rules_only => return Ok(Classifier::shared()),
+        None => Classifier::rules_only(),
+        Some(p) => {
+            let yaml = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Classifier::from_yaml(&yaml).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+    };
+    if rules_only {
+        return Ok(std::sync::Arc::new(base));
+    }
+    let model = crate::classify::Model::from_bytes(crate::classify::MODEL_BYTES)
+        .map_err(|e| e.to_string())?
+        .adopted();
+    Ok(std::sync::Arc::new(base.with_model(Some(model))))
 }

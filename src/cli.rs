@@ -65,15 +65,6 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Measure throughput, latency and CPU per event beside an echo baseline (BENCHMARKS.md).
-    Loadgen(crate::loadgen::LoadgenArgs),
-    /// The load generator's baseline: a bare server on the same proto (fixed answers).
-    #[command(hide = true)]
-    EchoServer(crate::loadgen::EchoArgs),
-    /// Measure the classifier and policy on labelled public data (EVAL.md).
-    Eval(crate::eval::EvalArgs),
-    /// Train the learned component on permissively licensed data; writes the weights file.
-    Train(crate::train::TrainArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,10 +235,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Loadgen(args) => crate::loadgen::main(args),
-        Command::EchoServer(args) => crate::loadgen::echo::main(args),
-        Command::Eval(args) => crate::eval::main(args),
-        Command::Train(args) => crate::train::main(args),
         Command::Check {
             text,
             json,
@@ -265,7 +252,7 @@ pub fn main() -> ExitCode {
                     t
                 }
             };
-            let classifier = match crate::eval::classifier_with(lexicon.as_deref(), false) {
+            let classifier = match crate::check::classifier_with(lexicon.as_deref(), false) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

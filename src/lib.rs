@@ -6,8 +6,9 @@
 //! - [`api`]: tonic glue. Generated types, validation, domain ↔ wire conversion, the one
 //!   error-to-`Status` mapping, bearer-token auth, and the `ModerationService` implementation
 //!   (per-stream task, bounded in-flight answers, slow-consumer and drain handling).
-//! - [`engine`]: the request path, once: validate → classify → take the thread's entry →
-//!   `policy::decide` → encode. Shared by the gRPC service and `replay`.
+//! - [`engine`] (`api::engine`, re-exported): the request path, once: validate → classify →
+//!   take the thread's entry → `policy::decide` → encode. Shared by the gRPC service and
+//!   `replay`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
 //! - [`classify`]: the built-in classifier: normaliser, weighted lexicon, intent × object rules,
 //!   benign-context suppressors, and the learned n-gram model where it was adopted. Pure.
@@ -19,13 +20,10 @@
 //! - [`listener`]: the accept loop: connection cap and handshake deadline.
 //! - [`telemetry`]: logs, OTLP traces and metrics, the metrics registry and admin port, the
 //!   decision log; wired once.
-//! - [`eval`], [`train`]: measuring on labelled public data; training the learned component.
 //! - [`cli`], [`check`], [`replay`]: the command line.
 //! - [`domain`]: the vocabulary shared by `classify` and `policy`.
 //! - [`huge_pages`]: the scope that puts the classifier's tables on transparent huge pages
 //!   (the binary's allocator does the placing).
-//! - [`loadgen`]: the measurement harness (`threadwarden loadgen`) and its echo baseline.
-//! - [`fuzz_harness`]: invariant-checking harnesses shared by `fuzz/` and the corpus replay.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -35,15 +33,12 @@ pub mod cli;
 pub mod config;
 pub mod crisis;
 pub mod domain;
-pub mod engine;
-pub mod eval;
-pub mod fuzz_harness;
 pub mod huge_pages;
 pub mod listener;
-pub mod loadgen;
 pub mod policy;
 pub mod replay;
 pub mod server;
 pub mod state;
 pub mod telemetry;
-pub mod train;
+
+pub use api::engine;

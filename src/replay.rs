@@ -16,12 +16,12 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::convert::category_to_pb;
+use crate::api::engine::Engine;
 use crate::api::pb;
 use crate::classify::Classifier;
 use crate::config::{self, ConfigError};
 use crate::crisis::Directory;
 use crate::domain::Category;
-use crate::engine::Engine;
 use crate::policy::Policy;
 use crate::state::{StoreConfig, ThreadStore};
 
@@ -149,7 +149,7 @@ pub fn offline_engine(policy: Policy) -> Engine {
         Classifier::shared(),
         rx,
         Arc::new(Directory::builtin()),
-        crate::engine::Sinks::quiet(0),
+        crate::api::engine::Sinks::quiet(0),
     )
 }
 

@@ -16,13 +16,13 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::auth::{Auth, AuthError, Tokens};
+use crate::api::engine::{Engine, Sinks};
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::api::{ModerationApi, StreamLimits};
 use crate::classify::Classifier;
 use crate::config::{self, ConfigError, Reloader};
 use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::crisis::{Directory, DirectoryError};
-use crate::engine::{Engine, Sinks};
 use crate::listener::{self, ConnectionLimits};
 use crate::policy::Policy;
 use crate::state::{SnapshotError, StoreConfig, ThreadStore};

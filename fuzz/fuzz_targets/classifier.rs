@@ -1,6 +1,6 @@
-//! Fuzz target: `threadwarden::fuzz_harness::classifier` (the invariants are documented there).
+//! Fuzz target: `threadwarden_testkit::classifier` (the invariants are documented there).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    threadwarden::fuzz_harness::classifier(data);
+    threadwarden_testkit::classifier(data);
 });

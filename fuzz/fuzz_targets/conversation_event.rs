@@ -1,6 +1,6 @@
-//! Fuzz target: `threadwarden::fuzz_harness::conversation_event` (the invariants are documented there).
+//! Fuzz target: `threadwarden_testkit::conversation_event` (the invariants are documented there).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    threadwarden::fuzz_harness::conversation_event(data);
+    threadwarden_testkit::conversation_event(data);
 });

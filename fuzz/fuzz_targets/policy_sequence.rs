@@ -1,6 +1,6 @@
-//! Fuzz target: `threadwarden::fuzz_harness::policy_sequence` (the invariants are documented there).
+//! Fuzz target: `threadwarden_testkit::policy_sequence` (the invariants are documented there).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = threadwarden::fuzz_harness::policy_sequence(data);
+    let _ = threadwarden_testkit::policy_sequence(data);
 });

@@ -1,9 +1,12 @@
 //! tonic glue: the generated types, validation, domain ↔ wire conversion, the error mapping,
-//! and the `ModerationService` implementation. A handler reads: decode → validate → decide →
-//! encode; the deciding is `crate::engine`'s.
+//! the request path ([`engine`]) and the `ModerationService` implementation. A handler reads:
+//! decode → validate → decide → encode; the deciding is `engine`'s.
+//!
+//! Imports run one way: `service` → `engine` → `convert`, `validate`, `error`, `pb`.
 
 pub mod auth;
 pub mod convert;
+pub mod engine;
 mod error;
 mod service;
 pub mod validate;

@@ -25,7 +25,7 @@ use super::EventError;
 use super::auth::Principal;
 use super::pb;
 use super::pb::moderation_service_server::ModerationService;
-use crate::engine::{Decided, Engine};
+use crate::api::engine::{Decided, Engine};
 use crate::telemetry::{self, EVENT_TARGET, Metrics};
 
 /// The W3C trace context of a call, from its `traceparent` / `tracestate` metadata.

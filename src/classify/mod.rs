@@ -11,8 +11,6 @@ mod normalize;
 mod rules;
 
 #[cfg(test)]
-mod equivalence;
-#[cfg(test)]
 mod tests;
 
 pub use lexicon::LexiconError;
@@ -29,11 +27,11 @@ use rules::Work;
 /// The built-in rule classifier; cheap to share behind an `Arc`, immutable after construction.
 pub struct Classifier {
     lexicon: Lexicon,
-    /// The adopted heads of the learned component (`threadwarden train`), if any.
+    /// The adopted heads of the learned component (`threadwarden-lab train`), if any.
     model: Option<Model>,
 }
 
-/// The versioned weights of the learned component, written by `threadwarden train`.
+/// The versioned weights of the learned component, written by `threadwarden-lab train`.
 pub const MODEL_BYTES: &[u8] = include_bytes!("model.bin");
 
 /// Path of the weights file in the repository, relative to the crate root.

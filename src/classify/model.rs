@@ -1,5 +1,5 @@
 //! The learned component: per-category logistic regression over hashed word unigrams and
-//! bigrams of the normalised text, trained by `threadwarden train` (src/train/).
+//! bigrams of the normalised text, trained by `threadwarden-lab train` (lab/src/train/).
 //!
 //! Features are computed in one pass over the normalised text without allocating. Weights are
 //! quantised to i8 (one scale per head) in a table of 2^`bits` buckets per head.
