@@ -564,3 +564,66 @@ async fn shutdown_closes_idle_streams_with_unavailable_after_answering_everythin
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_suspected_crisis_is_never_ended_by_escalation_or_the_model_and_is_counted() {
+    let config = ServeConfig::default();
+    let metrics = config.metrics.clone();
+    let server = start_server(config).await;
+    let mut client = server.client().await;
+    // The caller's own label at 0.35: above the suspect threshold (0.3), below crisis (0.5).
+    let v = evaluate(
+        &mut client,
+        labelled("s1", "sus", pb::Category::SelfHarm, 0.35),
+    )
+    .await;
+    let summary = v.thread.clone().unwrap();
+    assert!(
+        summary.crisis_suspected && !summary.crisis_active,
+        "{summary:?}"
+    );
+    assert!(v.crisis.is_none(), "suspicion alone attaches no resources");
+    for i in 0..6 {
+        let v = evaluate(
+            &mut client,
+            labelled(
+                format!("s2-{i}"),
+                "sus",
+                pb::Category::IndiscriminateWeapons,
+                0.95,
+            ),
+        )
+        .await;
+        assert_eq!(action(&v), pb::Action::Redirect, "turn {i}");
+        assert!(
+            !v.redirect.as_ref().is_some_and(|r| r.warning),
+            "no warning on turn {i}"
+        );
+    }
+    let v = evaluate(&mut client, assistant("s3", "sus", true, true)).await;
+    assert_eq!(action(&v), pb::Action::Continue);
+    assert_eq!(v.end_denied_detail, "CRISIS_SUSPECTED");
+    let summary = client
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "sus".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+        .unwrap();
+    assert!(summary.crisis_suspected && !summary.ended);
+    // Counted once, when the thread became suspected.
+    let scrape = metrics.render();
+    assert!(
+        scrape.contains("threadwarden_crisis_suspected_total 1\n"),
+        "{}",
+        scrape
+            .lines()
+            .filter(|l| l.contains("suspected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    server.shutdown().await;
+}

@@ -109,6 +109,8 @@ export interface ThreadSummary {
   warned: boolean;
   ended: boolean;
   crisisActive: boolean;
+  /** Crisis active, or a crisis score above the suspect threshold: never ended by escalation or the model. */
+  crisisSuspected: boolean;
 }
 
 export interface Verdict {

@@ -72,6 +72,7 @@ pub fn summary_to_pb(s: &Summary) -> pb::ThreadSummary {
         warned: s.warned,
         ended: s.ended,
         crisis_active: s.crisis_active,
+        crisis_suspected: s.crisis_suspected,
     }
 }
 

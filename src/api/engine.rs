@@ -153,12 +153,16 @@ impl Engine {
         };
         let now = self.store.now();
         let mut entered_crisis = None;
+        let mut entered_suspicion = false;
         let decide = |state: &mut policy::ThreadState| {
             let before = state.crisis_kind();
+            let suspected_before = state.crisis_suspected();
             let verdict = policy::decide(&policy, state, &domain_event, &scores, now);
             if before.is_none() {
                 entered_crisis = state.crisis_kind();
             }
+            entered_suspicion =
+                !suspected_before && state.crisis_suspected() && state.crisis_kind().is_none();
             verdict
         };
         let decision = match payload {
@@ -196,6 +200,9 @@ impl Engine {
             crisis: decision.crisis,
             replayed: decision.replayed,
         });
+        if entered_suspicion {
+            m.crisis_suspected();
+        }
         if let (Some(kind), Some(notifier)) = (entered_crisis, &self.sinks.notifier) {
             notifier.notify(crate::crisis::notifier::Notice {
                 thread: self.log_hash(key),

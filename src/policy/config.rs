@@ -79,6 +79,9 @@ impl Default for Escalation {
 pub struct Thresholds {
     /// Self-harm or harm-to-others crisis signal.
     pub crisis: f32,
+    /// A lower crisis score that marks the thread `crisis_suspected`: no resources, but
+    /// escalation and the model can no longer end it. At most `crisis`.
+    pub crisis_suspect: f32,
     /// Concern for a third party.
     pub third_party: f32,
     /// "Please end this chat".
@@ -91,6 +94,7 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             crisis: 0.5,
+            crisis_suspect: 0.3,
             third_party: 0.5,
             end_request: 0.6,
             affirmation: 0.6,
@@ -297,6 +301,16 @@ impl Policy {
         };
         let t = &self.thresholds;
         unit("thresholds.crisis", t.crisis)?;
+        unit("thresholds.crisis_suspect", t.crisis_suspect)?;
+        if t.crisis_suspect > t.crisis {
+            return Err(err(
+                "thresholds.crisis_suspect",
+                format!(
+                    "{} is above thresholds.crisis ({}): suspicion must come before certainty",
+                    t.crisis_suspect, t.crisis
+                ),
+            ));
+        }
         unit("thresholds.third_party", t.third_party)?;
         unit("thresholds.end_request", t.end_request)?;
         unit("thresholds.affirmation", t.affirmation)?;

@@ -99,6 +99,8 @@ pub enum Denial {
     NotPersisted,
     /// The user asked to end but has not confirmed yet.
     ConfirmationPending,
+    /// A crisis score above the suspect threshold was seen on the thread: the model cannot end it.
+    CrisisSuspected,
 }
 
 impl Denial {
@@ -109,6 +111,7 @@ impl Denial {
             Denial::NotWarned => "NOT_WARNED",
             Denial::NotPersisted => "NOT_PERSISTED",
             Denial::ConfirmationPending => "CONFIRMATION_PENDING",
+            Denial::CrisisSuspected => "CRISIS_SUSPECTED",
         }
     }
 }
@@ -122,6 +125,9 @@ pub struct Summary {
     pub warned: bool,
     pub ended: bool,
     pub crisis_active: bool,
+    /// Crisis active, or a crisis score above the suspect threshold seen: never ended by
+    /// escalation or by the model.
+    pub crisis_suspected: bool,
 }
 
 /// The decision for one event, before `api` adds text (guidance, notices, resources).
@@ -312,10 +318,14 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
         Some(CrisisKind::HarmToOthers) => flags.set(Flags::CRISIS_OTHERS),
         Some(CrisisKind::ThirdParty) | None => {}
     }
+    let t = &policy.thresholds;
+    if scores.crisis_self.max(scores.crisis_others) >= t.crisis_suspect {
+        flags.set(Flags::CRISIS_SUSPECTED);
+    }
     let in_crisis = state.crisis_kind().is_some();
+    let suspected = state.crisis_suspected();
     let support = signal.or(state.crisis_kind());
     let harm = harmful(policy, scores);
-    let t = &policy.thresholds;
 
     let mut verdict = Verdict {
         crisis: signal,
@@ -388,6 +398,10 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
                 esc.strikes = esc.strikes.saturating_add(1);
                 verdict.reason = Reason::Crisis;
                 verdict.crisis = support;
+            } else if suspected {
+                // The same, without resources: an END must be certain that nobody is at risk.
+                esc.strikes = esc.strikes.saturating_add(1);
+                verdict.reason = base_reason;
             } else if flags.has(Flags::WARNED) {
                 esc.strikes = esc.strikes.saturating_add(1);
                 verdict.action = Action::End;
@@ -435,6 +449,10 @@ fn assistant_turn(
         let flags = state.flags;
         let denial = if state.crisis_kind().is_some() {
             Some(Denial::CrisisActive)
+        } else if state.crisis_suspected() {
+            // Only the user's own confirmation (ConfirmEnd or an affirmative reply) can end a
+            // suspected thread; the model's reading of their reply cannot.
+            Some(Denial::CrisisSuspected)
         } else if flags.has(Flags::CONFIRM_WINDOW) {
             None
         } else if flags.has(Flags::END_PENDING) {

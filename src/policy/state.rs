@@ -42,6 +42,9 @@ impl Flags {
     pub const CRISIS_SELF: u16 = 1 << 7;
     /// Crisis: harm-to-others signal seen on the thread. Sticky.
     pub const CRISIS_OTHERS: u16 = 1 << 8;
+    /// A crisis score above the suspect threshold was seen: escalation and the model can no
+    /// longer end the thread. Sticky.
+    pub const CRISIS_SUSPECTED: u16 = 1 << 9;
 
     /// True if every bit of `bits` is set.
     pub fn has(self, bits: u16) -> bool {
@@ -114,11 +117,12 @@ fn unpack_snapshot(s: [u8; 3]) -> (Escalation, Flags) {
 
 const ACTIONS: [Action; 3] = Action::ALL;
 const REASONS: [Reason; 10] = Reason::ALL;
-const DENIALS: [Denial; 4] = [
+const DENIALS: [Denial; 5] = [
     Denial::CrisisActive,
     Denial::NotWarned,
     Denial::NotPersisted,
     Denial::ConfirmationPending,
+    Denial::CrisisSuspected,
 ];
 const CRISES: [CrisisKind; 3] = CrisisKind::ALL;
 
@@ -205,7 +209,14 @@ impl ThreadState {
             warned: self.flags.has(Flags::WARNED),
             ended: self.flags.has(Flags::ENDED),
             crisis_active: self.crisis_kind().is_some(),
+            crisis_suspected: self.crisis_suspected(),
         }
+    }
+
+    /// True once a crisis score above the suspect threshold was seen (or a crisis signal):
+    /// escalation and the model can no longer end the thread.
+    pub fn crisis_suspected(&self) -> bool {
+        self.flags.0 & (Flags::CRISIS_SUSPECTED | Flags::CRISIS_SELF | Flags::CRISIS_OTHERS) != 0
     }
 
     /// True once the thread is locked.
@@ -259,7 +270,8 @@ impl ThreadState {
             .max(1)
     }
 
-    /// A new branch from this thread's state as of `after_turn`, unended, inheriting crisis.
+    /// A new branch from this thread's state as of `after_turn`, unended, inheriting crisis
+    /// and crisis suspicion.
     pub fn fork(&self, after_turn: u32) -> Result<ThreadState, ForkError> {
         if after_turn > self.turn {
             return Err(ForkError::FutureTurn {
@@ -288,9 +300,9 @@ impl ThreadState {
             branch.history_len = (retained - (self.turn - after_turn)) as u8;
         }
         // Crisis is inherited from the parent as it is now, whatever the fork point.
-        branch
-            .flags
-            .set(self.flags.0 & (Flags::CRISIS_SELF | Flags::CRISIS_OTHERS));
+        branch.flags.set(
+            self.flags.0 & (Flags::CRISIS_SELF | Flags::CRISIS_OTHERS | Flags::CRISIS_SUSPECTED),
+        );
         Ok(branch)
     }
 }

@@ -237,6 +237,70 @@ fn crisis_is_sticky_and_blocks_every_end() {
     assert!(t.state.summary().crisis_active);
 }
 
+fn suspect() -> Scores {
+    Scores {
+        crisis_self: 0.35,
+        ..Scores::default()
+    }
+}
+
+#[test]
+fn crisis_suspicion_blocks_escalation_and_model_ends_without_resources() {
+    let mut t = Thread::new();
+    let v = t.user(suspect());
+    assert_eq!(v.action, Action::Continue);
+    assert_eq!(v.crisis, None, "suspicion alone attaches no resources");
+    assert!(v.summary.crisis_suspected && !v.summary.crisis_active);
+    // A persistent severe requester on a suspected thread: redirected and counted, but never
+    // warned and never ended.
+    for _ in 0..6 {
+        let v = t.user(harm(Category::IndiscriminateWeapons, 0.9));
+        assert_eq!(v.action, Action::Redirect);
+        assert_eq!(v.reason, Reason::HarmfulRequest);
+        assert!(!v.warning);
+    }
+    assert_eq!(t.state.summary().harmful_turns, 6);
+    let v = t.assistant(true, true);
+    assert_eq!(v.action, Action::Continue);
+    assert_eq!(v.end_denied, Some(Denial::CrisisSuspected));
+    assert_eq!(Denial::CrisisSuspected.code(), "CRISIS_SUSPECTED");
+}
+
+#[test]
+fn below_the_suspect_threshold_nothing_changes() {
+    let mut t = Thread::new();
+    let v = t.user(Scores {
+        crisis_self: 0.29,
+        ..Scores::default()
+    });
+    assert!(!v.summary.crisis_suspected);
+    for _ in 0..3 {
+        t.user(harm(Category::IndiscriminateWeapons, 0.9));
+    }
+    assert_eq!(
+        t.user(harm(Category::IndiscriminateWeapons, 0.9)).action,
+        Action::End
+    );
+}
+
+#[test]
+fn a_suspected_user_can_still_end_their_own_chat() {
+    let mut t = Thread::new();
+    t.user(suspect());
+    let v = t.user(end_request());
+    assert!(v.end_confirmation_required);
+    assert_eq!(t.user(yes()).action, Action::End);
+}
+
+#[test]
+fn forks_inherit_suspicion() {
+    let mut t = Thread::new();
+    t.user(benign());
+    t.user(suspect());
+    let branch = t.state.fork(1).unwrap();
+    assert!(branch.crisis_suspected());
+}
+
 #[test]
 fn crisis_on_the_ending_turn_prevents_the_end() {
     let mut t = Thread::new();
@@ -660,14 +724,15 @@ mod properties {
         (
             prop::sample::select(Category::ALL.to_vec()),
             prop_oneof![Just(0.0f32), Just(0.55f32), Just(0.95f32)],
-            prop::bool::weighted(0.08),
+            prop_oneof![8 => Just(0.0f32), 1 => Just(0.35f32), 1 => Just(0.9f32)],
             prop::bool::weighted(0.1),
             prop::bool::weighted(0.1),
         )
             .prop_map(|(category, score, crisis, end, yes)| {
                 let mut s = Scores::default();
                 s.raise(category, score);
-                s.crisis_self = if crisis { 0.9 } else { 0.0 };
+                // 0.35: above the suspect threshold, below the crisis threshold.
+                s.crisis_self = crisis;
                 s.end_request = if end { 0.9 } else { 0.0 };
                 s.affirmation = if yes { 0.9 } else { 0.0 };
                 s
@@ -742,6 +807,31 @@ mod properties {
                 }
                 if verdict.action == Action::End && verdict.reason != Reason::AlreadyEnded {
                     assert!(!verdict.summary.crisis_active);
+                }
+            });
+        }
+
+        #[test]
+        fn no_escalation_or_model_end_while_crisis_is_suspected(
+            steps in prop::collection::vec(step(), 1..60),
+        ) {
+            run(&steps, |before, after, verdict, _| {
+                // A retried event gets its original decision back, taken before the suspicion.
+                if before.crisis_suspected() && !before.ended() && !verdict.replayed {
+                    assert!(
+                        !(verdict.action == Action::End
+                            && matches!(
+                                verdict.reason,
+                                Reason::PersistentHarm | Reason::PersistentAbuse | Reason::ModelRequested
+                            )),
+                        "{verdict:?}"
+                    );
+                    assert!(!verdict.warning, "no warning once an END is impossible");
+                }
+                // Suspicion is sticky, and shows in the summary.
+                if before.crisis_suspected() {
+                    assert!(after.crisis_suspected());
+                    assert!(verdict.summary.crisis_suspected || verdict.replayed);
                 }
             });
         }

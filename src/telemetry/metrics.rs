@@ -34,11 +34,12 @@ const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"]
 const CONNECTION_REJECTIONS: [&str; 2] = ["limit", "handshake_timeout"];
 
 /// Every counter's name (series with zero values may be omitted from a render, names never are).
-pub const COUNTER_NAMES: [&str; 12] = [
+pub const COUNTER_NAMES: [&str; 13] = [
     "threadwarden_events_total",
     "threadwarden_verdicts_total",
     "threadwarden_ends_total",
     "threadwarden_warnings_total",
+    "threadwarden_crisis_suspected_total",
     "threadwarden_crisis_routings_total",
     "threadwarden_feedback_total",
     "threadwarden_errors_total",
@@ -117,6 +118,7 @@ pub struct Metrics {
     verdicts: [[[AtomicU64; 2]; 10]; 3],
     ends: [AtomicU64; 10],
     warnings: AtomicU64,
+    suspected: AtomicU64,
     crisis: [AtomicU64; 3],
     feedback: [AtomicU64; 2],
     errors: [AtomicU64; ERROR_CODES.len()],
@@ -174,6 +176,11 @@ impl Metrics {
         if let Some(k) = r.crisis {
             self.crisis[crisis_index(k)].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts a thread that became crisis-suspected (not yet crisis-active) on this event.
+    pub fn crisis_suspected(&self) {
+        self.suspected.fetch_add(1, Relaxed);
     }
 
     /// Counts an error by its stable code.
@@ -297,6 +304,11 @@ impl Metrics {
             vec![],
             self.warnings.load(Relaxed),
         );
+        f(
+            "threadwarden_crisis_suspected_total",
+            vec![],
+            self.suspected.load(Relaxed),
+        );
         for k in CRISIS {
             f(
                 "threadwarden_crisis_routings_total",
@@ -419,6 +431,9 @@ fn help(name: &str) -> &'static str {
         }
         "threadwarden_warnings_total" => "Redirects that carried the warning.",
         "threadwarden_crisis_routings_total" => "Verdicts that carried crisis support, by kind.",
+        "threadwarden_crisis_suspected_total" => {
+            "Threads marked crisis-suspected (never ended by escalation or the model) without a crisis signal."
+        }
         "threadwarden_feedback_total" => "Feedback received, by rating.",
         "threadwarden_errors_total" => "Events or calls rejected, by stable reason code.",
         "threadwarden_evictions_total" => "Threads evicted (idle TTL or capacity).",
