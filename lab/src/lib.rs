@@ -6,8 +6,13 @@
 //!   - `eval::sets`: every data set read, by kind (benign, harmful, crisis, dialogues, ...).
 //!   - `eval::data`: CSV and JSONL readers. `eval::metrics`: P/R/F1, AUPRC. `eval::sim`: a
 //!     simulated chat server that honours the verdicts.
-//! - [`train`]: `threadwarden-lab train --data DIR`, the learned component, written to the
-//!   weights file the product embeds (`src/classify/model.bin`).
+//! - [`semantic`]: `threadwarden-lab train`, the semantic tier's heads, combiners and
+//!   calibration, reported in-sample, k-fold and leave-one-dataset-out, adopted per head only
+//!   where LODO shows a gain; written to `src/classify/semantic/heads.bin` with a manifest.
+//!   - `semantic::pool`: every data set and the corpus, mapped onto the heads, by licence.
+//!   - `semantic::fit`: the network, the combiners, the operating points on benign pools.
+//! - [`train`]: `threadwarden-lab train-ngram`, the older hashed n-gram heads
+//!   (`src/classify/model.bin`).
 //! - `tests/equivalence.rs`: the classifier's output digest over every dev text, guarding speed
 //!   work against changing a verdict.
 //!
@@ -16,4 +21,5 @@
 #![forbid(unsafe_code)]
 
 pub mod eval;
+pub mod semantic;
 pub mod train;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use threadwarden_lab::{eval, train};
+use threadwarden_lab::{eval, semantic, train};
 
 /// Evaluation and training tools for threadwarden's classifier.
 #[derive(Parser, Debug)]
@@ -18,13 +18,16 @@ struct Cli {
 enum Command {
     /// Measure the classifier and policy on labelled public data (EVAL.md).
     Eval(eval::EvalArgs),
-    /// Train the learned component on permissively licensed data; writes the weights file.
-    Train(train::TrainArgs),
+    /// Train the semantic tier's heads (LODO-gated); writes src/classify/semantic/heads.bin.
+    Train(semantic::TrainArgs),
+    /// Train the older hashed n-gram heads; writes src/classify/model.bin.
+    TrainNgram(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Eval(args) => eval::main(args),
-        Command::Train(args) => train::main(args),
+        Command::Train(args) => semantic::main(args),
+        Command::TrainNgram(args) => train::main(args),
     }
 }

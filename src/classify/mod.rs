@@ -1,14 +1,18 @@
 //! Tier-1 built-in classifier: in-process, microseconds, explainable.
 //!
 //! Owns turning one message into `Scores`: normalise, match the embedded weighted lexicon with
-//! one Aho-Corasick DFA, apply structural rules and benign-context suppressors. It must not do
-//! I/O, use tokio, keep per-conversation state (that is `policy`/`state`), or read unbounded
-//! text: callers pass a bounded window or use `classify_bounded`.
+//! one Aho-Corasick DFA, apply structural rules and benign-context suppressors (the rules);
+//! then the semantic tier ([`semantic`]): the normalised text's mean static-embedding vector,
+//! per-head logits, and per head a learned combiner over the rules' score and the semantic
+//! logits, whose calibrated output replaces the rules' score for the heads `train` adopted.
+//! It must not do I/O, use tokio, keep per-conversation state (that is `policy`/`state`), or
+//! read unbounded text: callers pass a bounded window or use `classify_bounded`.
 
 mod lexicon;
 pub mod model;
 mod normalize;
 mod rules;
+pub mod semantic;
 
 #[cfg(test)]
 mod tests;
@@ -16,8 +20,10 @@ mod tests;
 pub use lexicon::LexiconError;
 pub use model::{Model, ModelError};
 pub use normalize::normalize;
+pub use semantic::TierHead;
 
 use normalize::NormBuf;
+use semantic::{DIMS, HEAD_COUNT, Semantic, SemanticScratch};
 
 use crate::domain::{Category, Scores};
 
@@ -27,8 +33,10 @@ use rules::Work;
 /// The built-in rule classifier; cheap to share behind an `Arc`, immutable after construction.
 pub struct Classifier {
     lexicon: Lexicon,
-    /// The adopted heads of the learned component (`threadwarden-lab train`), if any.
+    /// The adopted heads of the learned n-gram component (`threadwarden-lab train`), if any.
     model: Option<Model>,
+    /// The semantic tier, when its heads are trained and at least one is adopted.
+    semantic: Option<std::sync::Arc<Semantic>>,
 }
 
 /// The versioned weights of the learned component, written by `threadwarden-lab train`.
@@ -46,6 +54,18 @@ pub struct Explanation {
     pub hits: Vec<Hit>,
     /// The scores, identical to `Classifier::classify` on the same text.
     pub scores: Scores,
+    /// What each tier said, when the semantic tier ran.
+    pub tiers: Option<Tiers>,
+}
+
+/// Each tier's view of one message, for `threadwarden check`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tiers {
+    /// The rules' scores alone (with the n-gram heads, if adopted).
+    pub rules: Scores,
+    /// Per head (in [`semantic::HEADS`] order): the semantic probability, the combined score
+    /// on the policy's scale, and whether the combined score is used.
+    pub heads: Vec<TierHead>,
 }
 
 /// One rule firing (or one suppressor applying) in an explanation.
@@ -66,14 +86,28 @@ pub struct Hit {
 }
 
 impl Classifier {
-    /// The classifier over the embedded lexicon; panics only if the embedded data is broken.
+    /// The classifier over the embedded lexicon and the embedded learned tiers; panics only if
+    /// the embedded data is broken.
     pub fn builtin() -> Classifier {
         crate::huge_pages::prefer(|| {
             let model = Model::from_bytes(MODEL_BYTES)
                 .expect("embedded model.bin is valid")
                 .adopted();
-            Classifier::rules_only().with_model(Some(model))
+            Classifier::rules_only()
+                .with_model(Some(model))
+                .with_semantic(Some(std::sync::Arc::new(Semantic::builtin())))
         })
+    }
+
+    /// The same rules with a semantic tier (kept only if it has an adopted head).
+    pub fn with_semantic(mut self, semantic: Option<std::sync::Arc<Semantic>>) -> Classifier {
+        self.semantic = semantic.filter(|s| s.heads().is_some_and(|h| h.any_adopted()));
+        self
+    }
+
+    /// The semantic tier in use, if any.
+    pub fn semantic(&self) -> Option<&Semantic> {
+        self.semantic.as_deref()
     }
 
     /// The classifier over the embedded lexicon alone, without the learned component.
@@ -102,6 +136,7 @@ impl Classifier {
         Ok(Classifier {
             lexicon: crate::huge_pages::prefer(|| Lexicon::from_yaml(yaml))?,
             model: None,
+            semantic: None,
         })
     }
 
@@ -125,13 +160,23 @@ impl Classifier {
     }
 
     fn classify_with(&self, text: &str, scratch: &mut Scratch) -> Scores {
-        let Scratch { norm, work } = scratch;
-        self.score_normalized(norm.normalize(text), work).0
+        let Scratch {
+            norm,
+            work,
+            semantic,
+        } = scratch;
+        let normalized = norm.normalize(text);
+        let (mut scores, _) = self.score_normalized(normalized, work);
+        if let Some(sem) = &self.semantic {
+            semantic.apply(sem, normalized, &mut scores, None);
+        }
+        scores
     }
 
-    /// Scores already-normalised text: affirmation, model heads, then the rules (one pass of
-    /// the automata finds every hit, or none: no separate `is_match` scan). Also returns the
-    /// model's probabilities in head order, for `explain`; `work` keeps the rule evidence.
+    /// Scores already-normalised text by the rules: affirmation, n-gram heads, then the lexicon
+    /// (one pass of the automata finds every hit, or none: no separate `is_match` scan). Also
+    /// returns the n-gram model's probabilities in head order, for `explain`; `work` keeps the
+    /// rule evidence.
     fn score_normalized(&self, normalized: &str, work: &mut Work) -> (Scores, [f32; 16]) {
         let mut scores = Scores {
             affirmation: affirmation(&self.lexicon.affirmation, normalized),
@@ -184,7 +229,13 @@ impl Classifier {
     pub fn explain(&self, text: &str) -> Explanation {
         let normalized = normalize(text).into_owned();
         let mut work = Work::default();
-        let (scores, probs) = self.score_normalized(&normalized, &mut work);
+        let (mut scores, probs) = self.score_normalized(&normalized, &mut work);
+        let tiers = self.semantic.as_ref().map(|sem| {
+            let rules = scores;
+            let mut heads = Vec::with_capacity(HEAD_COUNT);
+            SemanticWork::default().apply(sem, &normalized, &mut scores, Some(&mut heads));
+            Tiers { rules, heads }
+        });
         let mut hits: Vec<Hit> = work
             .evidence
             .iter()
@@ -234,7 +285,34 @@ impl Classifier {
             normalized,
             hits,
             scores,
+            tiers,
         }
+    }
+}
+
+/// The semantic tier's buffers.
+#[derive(Default)]
+struct SemanticWork {
+    scratch: SemanticScratch,
+    hidden: Vec<f32>,
+}
+
+impl SemanticWork {
+    /// Computes the vector and logits of `normalized` and merges them into `scores`
+    /// ([`semantic::merge`]).
+    fn apply(
+        &mut self,
+        sem: &Semantic,
+        normalized: &str,
+        scores: &mut Scores,
+        explain: Option<&mut Vec<TierHead>>,
+    ) {
+        let Some(heads) = sem.heads() else { return };
+        let mut v = [0.0f32; DIMS];
+        sem.vector(normalized, &mut self.scratch, &mut v);
+        let mut logits = [0.0f32; HEAD_COUNT];
+        heads.logits(&v, &mut self.hidden, &mut logits);
+        semantic::merge(heads, &logits, scores, explain);
     }
 }
 
@@ -243,6 +321,7 @@ impl Classifier {
 struct Scratch {
     norm: NormBuf,
     work: Work,
+    semantic: SemanticWork,
 }
 
 thread_local! {
