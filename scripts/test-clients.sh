@@ -33,7 +33,12 @@ step "API governance: buf lint and buf breaking (scripts/check-proto.sh)"
 ./scripts/check-proto.sh
 
 step "Node client tests against $THREADWARDEN_BIN"
-(cd clients/node && node --test test/*.test.js)
+# --test-force-exit: once every test has finished, the runner exits even if a test file left a
+# handle open. The outer timeout bounds a file process that never returns to its event loop
+# (seen once, in December 2026: every test passed, then a test file spun at full CPU for 15
+# minutes with no system call). Such a run is repeated once, and says so; a second hang fails.
+node_tests() { (cd clients/node && timeout 600 node --test --test-force-exit test/*.test.js); }
+node_tests || { rc=$?; [ "$rc" -eq 124 ] || exit "$rc"; echo "node tests hung (timeout); running them once more"; node_tests; }
 
 step "Python client tests against $THREADWARDEN_BIN"
 python3 -m pytest -q clients/python/tests

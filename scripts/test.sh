@@ -18,6 +18,9 @@ cargo build --release --locked
 step "Rust tests, every workspace member (unit, property, integration over 127.0.0.1)"
 cargo test --locked --workspace --all-targets
 
+step "The classifier's output digest over every dev text, in release (lab/tests/equivalence.rs)"
+cargo test --locked --release -p threadwarden-lab --test equivalence
+
 step "Supply chain: cargo deny (licences, duplicate versions, sources; deny.toml)"
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
 # Advisories need github.com/RustSec/advisory-db, which this environment cannot reach.

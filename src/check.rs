@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::classify::Classifier;
+use crate::classify::semantic::Head;
 use crate::domain::{Category, Scores};
 use crate::policy::{self, Event, EventKind, Policy, ThreadState};
 
@@ -91,9 +92,19 @@ pub fn run(classifier: &Classifier, text: &str, as_json: bool) {
             .filter(|(_, v)| *v > 0.0)
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
+        let tiers: serde_json::Map<_, _> = tier_rows(&ex)
+            .into_iter()
+            .map(|(name, rule, sem, comb, adopted)| {
+                (
+                    name.to_string(),
+                    json!({"rules": rule, "semantic": sem, "combined": comb, "adopted": adopted}),
+                )
+            })
+            .collect();
         let out = json!({
             "normalized": ex.normalized,
             "hits": hits,
+            "tiers": tiers,
             "categories": categories,
             "signals": sigs,
             "truncated": ex.scores.truncated,
@@ -118,6 +129,21 @@ pub fn run(classifier: &Classifier, text: &str, as_json: bool) {
                 "  {:<48} {:<26} {:>5.2}  [{}..{}]{note}",
                 h.rule, target, h.weight, h.span.0, h.span.1
             );
+        }
+    }
+    let rows = tier_rows(&ex);
+    if ex.tiers.is_some() && rows.is_empty() {
+        println!(
+            "tiers: the semantic tier does not apply (its English vocabulary covers under 80 % of the words): the rules decide"
+        );
+    }
+    if !rows.is_empty() {
+        println!(
+            "tiers (rules, semantic alone, combined; the combined score is used where adopted):"
+        );
+        for (name, rule, sem, comb, adopted) in rows {
+            let used = if adopted { "used" } else { "rules used" };
+            println!("  {name:<26} {rule:>5.2} {sem:>9.2} {comb:>9.2}  {used}");
         }
     }
     println!("scores:");
@@ -149,13 +175,15 @@ pub fn run(classifier: &Classifier, text: &str, as_json: bool) {
 }
 
 /// The built-in classifier, or the same model over a lexicon file (`--lexicon`, to measure a
-/// lexicon change without a rebuild); without the learned heads when `rules_only`.
+/// lexicon change without a rebuild); without the learned heads when `rules_only`, without the
+/// semantic tier unless `semantic`.
 pub fn classifier_with(
     lexicon: Option<&Path>,
     rules_only: bool,
+    semantic: bool,
 ) -> Result<std::sync::Arc<Classifier>, String> {
     let base = match lexicon {
-        None if !rules_only => return Ok(Classifier::shared()),
+        None if !rules_only && semantic => return Ok(Classifier::shared()),
         None => Classifier::rules_only(),
         Some(p) => {
             let yaml = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -168,5 +196,30 @@ pub fn classifier_with(
     let model = crate::classify::Model::from_bytes(crate::classify::MODEL_BYTES)
         .map_err(|e| e.to_string())?
         .adopted();
-    Ok(std::sync::Arc::new(base.with_model(Some(model))))
+    let base = base.with_model(Some(model));
+    if !semantic {
+        return Ok(std::sync::Arc::new(base));
+    }
+    let tier = std::sync::Arc::new(crate::classify::semantic::Semantic::builtin());
+    Ok(std::sync::Arc::new(base.with_semantic(Some(tier))))
+}
+
+/// Each tier's score per head: rules, the semantic tier alone, and the combined score used.
+fn tier_rows(ex: &crate::classify::Explanation) -> Vec<(&'static str, f32, f32, f32, bool)> {
+    let Some(t) = &ex.tiers else {
+        return Vec::new();
+    };
+    t.heads
+        .iter()
+        .map(|h| {
+            let rule = match h.head {
+                Head::AnyHarm => t.rules.categories.iter().copied().fold(0.0, f32::max),
+                Head::Category(c) => t.rules.get(c),
+                Head::CrisisSelf => t.rules.crisis_self,
+                Head::CrisisOthers => t.rules.crisis_others,
+                Head::CrisisThirdParty => t.rules.crisis_third_party,
+            };
+            (h.head.name(), rule, h.semantic, h.combined, h.adopted)
+        })
+        .collect()
 }

@@ -252,7 +252,7 @@ pub fn main() -> ExitCode {
                     t
                 }
             };
-            let classifier = match crate::check::classifier_with(lexicon.as_deref(), false) {
+            let classifier = match crate::check::classifier_with(lexicon.as_deref(), false, true) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

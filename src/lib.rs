@@ -10,8 +10,10 @@
 //!   take the thread's entry → `policy::decide` → encode. Shared by the gRPC service and
 //!   `replay`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
-//! - [`classify`]: the built-in classifier: normaliser, weighted lexicon, intent × object rules,
-//!   benign-context suppressors, and the learned n-gram model where it was adopted. Pure.
+//! - [`classify`]: the built-in classifier, in two tiers merged per head: the rules
+//!   (normaliser, weighted lexicon, intent × object rules, benign-context suppressors, the
+//!   n-gram abuse head) and the semantic tier (`classify::semantic`: distilled static token
+//!   embeddings, trained heads, a learned combiner per head). Pure.
 //! - [`crisis`]: the crisis directory (locale → country → resources), support messages, and the
 //!   webhook notifier (bounded queue, retries, never on the verdict path).
 //! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction, snapshot file.

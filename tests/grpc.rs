@@ -577,7 +577,7 @@ async fn a_suspected_crisis_is_never_ended_by_escalation_or_the_model_and_is_cou
         labelled("s1", "sus", pb::Category::SelfHarm, 0.35),
     )
     .await;
-    let summary = v.thread.clone().unwrap();
+    let summary = v.thread.unwrap();
     assert!(
         summary.crisis_suspected && !summary.crisis_active,
         "{summary:?}"

@@ -3,6 +3,9 @@
 //! - `classify/{benign,harmful}/{50,300,2048}`: `Classifier::classify` per message, cycling over
 //!   the load generator's built-in corpus padded to that size;
 //! - `normalize/{300,2048}`: the normaliser alone;
+//! - `tiers/{rules,both}/{300,2048}`: the rules alone beside the rules, the semantic tier and
+//!   the combiners with every head applied (whatever `train` adopted), on one mixed text set, in
+//!   the same run: the semantic tier's cost is the difference;
 //! - `policy/decide/{benign,harmful}`: `policy::decide` on a warm `ThreadState`;
 //! - `store_1m/...`: `ThreadStore::with_thread` + `decide` with 1,000,000 threads held, on a hot
 //!   set of 1,024 threads and on threads drawn across the million (cold), and inserting new ones;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use prost::Message;
 use threadwarden::api::pb;
+use threadwarden::classify::semantic::{HEADS_BYTES, Heads, Semantic};
 use threadwarden::classify::{Classifier, normalize};
 use threadwarden::crisis::Directory;
 use threadwarden::domain::Scores;
@@ -77,6 +81,38 @@ fn classify(c: &mut Criterion) {
                 normalize(black_box(&texts[i])).len()
             })
         });
+    }
+    g.finish();
+}
+
+/// The rules alone, and the rules with the semantic tier and every head adopted.
+fn tiers(c: &mut Criterion) {
+    let Some(mut heads) = Heads::from_bytes(HEADS_BYTES).expect("embedded heads") else {
+        eprintln!("tiers: no trained heads embedded; skipped");
+        return;
+    };
+    for p in &mut heads.params {
+        p.adopted = true;
+    }
+    let rules = Classifier::rules_only();
+    let both = Classifier::rules_only().with_semantic(Some(Arc::new(
+        Semantic::without_heads().with_heads(Some(heads)),
+    )));
+    let mut g = c.benchmark_group("tiers");
+    for size in [300usize, 2048] {
+        let mut mixed = texts(size, Kind::Benign);
+        mixed.extend(texts(size, Kind::Harmful));
+        for (name, classifier) in [("rules", &rules), ("both", &both)] {
+            let texts = &mixed;
+            let mut i = 0;
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(BenchmarkId::new(name, size), |b| {
+                b.iter(|| {
+                    i = (i + 1) % texts.len();
+                    classifier.classify(black_box(&texts[i]))
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -271,6 +307,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     classify(&mut c);
+    tiers(&mut c);
     decide(&mut c);
     store(&mut c);
     path(&mut c);

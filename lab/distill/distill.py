@@ -3,7 +3,9 @@
 classifier's semantic tier (DESIGN §4), and writes what the product embeds:
 
     src/classify/semantic/vocab.txt        the encoder's WordPiece vocabulary, one token a line
-    src/classify/semantic/embeddings.bin   int8 table, one row per token, with a scale per row
+    lab/distill/distilled.bin              int8 table, one row per token, with a scale per row
+                                           (`threadwarden-lab train` tunes it into the product's
+                                           src/classify/semantic/embeddings.bin)
     src/classify/semantic/manifest.json    the model card: source, hashes, command, parameters
     src/classify/semantic/testdata/wordpiece_reference.jsonl  reference ids from `tokenizers`,
                                            which the product's Rust WordPiece is tested against
@@ -41,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "src" / "classify" / "semantic"
 REFERENCE = OUT / "testdata" / "wordpiece_reference.jsonl"
+TABLE = ROOT / "lab" / "distill" / "distilled.bin"
 
 UPSTREAM = "sentence-transformers/all-MiniLM-L6-v2"
 REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
@@ -267,7 +270,7 @@ def main():
     body.write(struct.pack("<II", n, DIMS))
     body.write(scale.astype("<f4").tobytes())
     body.write(q.tobytes())
-    (OUT / "embeddings.bin").write_bytes(body.getvalue())
+    TABLE.write_bytes(body.getvalue())
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -290,7 +293,7 @@ def main():
         "max_quantisation_error": err,
         "files": {
             "vocab.txt": sha256((OUT / "vocab.txt").read_bytes()),
-            "embeddings.bin": sha256((OUT / "embeddings.bin").read_bytes()),
+            "lab/distill/distilled.bin": sha256(TABLE.read_bytes()),
         },
         "command": "python3 lab/distill/distill.py (lab/distill/README.md)",
         "versions": {"python": sys.version.split()[0], "numpy": np.__version__,

@@ -136,8 +136,14 @@ impl Engine {
             Payload::Fork(_) => (EventKind::Fork, None),
             Payload::ConfirmEnd(_) => (EventKind::ConfirmEnd, None),
         };
+        let author = match kind {
+            EventKind::Assistant { .. } => crate::classify::Author::Assistant,
+            _ => crate::classify::Author::User,
+        };
         let mut scores = match text {
-            Some(t) => self.classifier.classify_bounded(t, self.classify_window),
+            Some(t) => self
+                .classifier
+                .classify_bounded_by(t, self.classify_window, author),
             None => Scores::default(),
         };
         let classify_time = started.elapsed();

@@ -148,18 +148,24 @@ impl Classifier {
 
     /// Scores one message (the caller bounds its length).
     pub fn classify(&self, text: &str) -> Scores {
+        self.classify_by(text, Author::User)
+    }
+
+    /// Scores one message by its author: the semantic tier learned users' requests, so an
+    /// assistant's reply is scored by the rules alone.
+    pub fn classify_by(&self, text: &str, author: Author) -> Scores {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
-                let scores = self.classify_with(text, &mut scratch);
+                let scores = self.classify_with(text, author, &mut scratch);
                 scratch.norm.shrink(SCRATCH_MAX_BYTES);
                 scores
             }
             // Only reachable if a caller re-entered `classify` on this thread mid-call.
-            Err(_) => self.classify_with(text, &mut Scratch::default()),
+            Err(_) => self.classify_with(text, author, &mut Scratch::default()),
         })
     }
 
-    fn classify_with(&self, text: &str, scratch: &mut Scratch) -> Scores {
+    fn classify_with(&self, text: &str, author: Author, scratch: &mut Scratch) -> Scores {
         let Scratch {
             norm,
             work,
@@ -167,7 +173,7 @@ impl Classifier {
         } = scratch;
         let normalized = norm.normalize(text);
         let (mut scores, _) = self.score_normalized(normalized, work);
-        if let Some(sem) = &self.semantic {
+        if let (Some(sem), Author::User) = (&self.semantic, author) {
             semantic.apply(sem, normalized, &mut scores, None);
         }
         scores
@@ -206,13 +212,18 @@ impl Classifier {
 
     /// Scores only the first and last `window` bytes of a long text, marking it truncated.
     pub fn classify_bounded(&self, text: &str, window: usize) -> Scores {
+        self.classify_bounded_by(text, window, Author::User)
+    }
+
+    /// [`Classifier::classify_bounded`] by author ([`Classifier::classify_by`]).
+    pub fn classify_bounded_by(&self, text: &str, window: usize, author: Author) -> Scores {
         if text.len() <= window.saturating_mul(2) {
-            return self.classify(text);
+            return self.classify_by(text, author);
         }
         let head = &text[..floor_boundary(text, window)];
         let tail = &text[ceil_boundary(text, text.len() - window)..];
-        let mut scores = self.classify(head);
-        let t = self.classify(tail);
+        let mut scores = self.classify_by(head, author);
+        let t = self.classify_by(tail, author);
         for c in Category::ALL {
             scores.raise(c, t.get(c));
         }
@@ -309,11 +320,21 @@ impl SemanticWork {
     ) {
         let Some(heads) = sem.heads() else { return };
         let mut v = [0.0f32; DIMS];
-        sem.vector(normalized, &mut self.scratch, &mut v);
+        // The encoder's vocabulary is English: elsewhere the rules decide alone.
+        if !sem.vector(normalized, &mut self.scratch, &mut v).covered() {
+            return;
+        }
         let mut logits = [0.0f32; HEAD_COUNT];
         heads.logits(&v, &mut self.hidden, &mut logits);
         semantic::merge(heads, &logits, scores, explain);
     }
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Author {
+    User,
+    Assistant,
 }
 
 /// Per-thread buffers of `classify`: after warm-up it allocates nothing.

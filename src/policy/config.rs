@@ -79,8 +79,8 @@ impl Default for Escalation {
 pub struct Thresholds {
     /// Self-harm or harm-to-others crisis signal.
     pub crisis: f32,
-    /// A lower crisis score that marks the thread `crisis_suspected`: no resources, but
-    /// escalation and the model can no longer end it. At most `crisis`.
+    /// A lower crisis score that marks the thread `crisis_suspected`: no resources, but nothing
+    /// ends it any more (escalation, the model, the user's request). At most `crisis`.
     pub crisis_suspect: f32,
     /// Concern for a third party.
     pub third_party: f32,

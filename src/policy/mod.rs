@@ -99,7 +99,7 @@ pub enum Denial {
     NotPersisted,
     /// The user asked to end but has not confirmed yet.
     ConfirmationPending,
-    /// A crisis score above the suspect threshold was seen on the thread: the model cannot end it.
+    /// A crisis score above the suspect threshold was seen on the thread: nothing ends it.
     CrisisSuspected,
 }
 
@@ -339,6 +339,9 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
             verdict.reason = Reason::Crisis;
             verdict.end_denied = Some(Denial::CrisisActive);
             verdict.crisis = support;
+        } else if suspected {
+            verdict.reason = Reason::UserRequested;
+            verdict.end_denied = Some(Denial::CrisisSuspected);
         } else {
             verdict.action = Action::End;
             verdict.reason = Reason::UserRequested;
@@ -359,6 +362,10 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
                 verdict.reason = Reason::Crisis;
                 verdict.end_denied = Some(Denial::CrisisActive);
                 verdict.crisis = support;
+            } else if suspected {
+                // An END must be certain that nobody is at risk: not even the user's own.
+                verdict.reason = Reason::UserRequested;
+                verdict.end_denied = Some(Denial::CrisisSuspected);
             } else {
                 verdict.reason = Reason::UserRequested;
                 verdict.end_confirmation_required = true;
@@ -450,8 +457,6 @@ fn assistant_turn(
         let denial = if state.crisis_kind().is_some() {
             Some(Denial::CrisisActive)
         } else if state.crisis_suspected() {
-            // Only the user's own confirmation (ConfirmEnd or an affirmative reply) can end a
-            // suspected thread; the model's reading of their reply cannot.
             Some(Denial::CrisisSuspected)
         } else if flags.has(Flags::CONFIRM_WINDOW) {
             None
@@ -503,6 +508,13 @@ fn confirm_end(state: &mut ThreadState) -> Verdict {
             reason: Reason::Crisis,
             end_denied: Some(Denial::CrisisActive),
             crisis: Some(kind),
+            ..Verdict::default()
+        };
+    }
+    if state.crisis_suspected() {
+        return Verdict {
+            reason: Reason::UserRequested,
+            end_denied: Some(Denial::CrisisSuspected),
             ..Verdict::default()
         };
     }

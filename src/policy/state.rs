@@ -42,8 +42,8 @@ impl Flags {
     pub const CRISIS_SELF: u16 = 1 << 7;
     /// Crisis: harm-to-others signal seen on the thread. Sticky.
     pub const CRISIS_OTHERS: u16 = 1 << 8;
-    /// A crisis score above the suspect threshold was seen: escalation and the model can no
-    /// longer end the thread. Sticky.
+    /// A crisis score above the suspect threshold was seen: nothing ends the thread any more.
+    /// Sticky.
     pub const CRISIS_SUSPECTED: u16 = 1 << 9;
 
     /// True if every bit of `bits` is set.
@@ -214,7 +214,7 @@ impl ThreadState {
     }
 
     /// True once a crisis score above the suspect threshold was seen (or a crisis signal):
-    /// escalation and the model can no longer end the thread.
+    /// nothing ends the thread any more.
     pub fn crisis_suspected(&self) -> bool {
         self.flags.0 & (Flags::CRISIS_SUSPECTED | Flags::CRISIS_SELF | Flags::CRISIS_OTHERS) != 0
     }

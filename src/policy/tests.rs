@@ -284,12 +284,15 @@ fn below_the_suspect_threshold_nothing_changes() {
 }
 
 #[test]
-fn a_suspected_user_can_still_end_their_own_chat() {
+fn a_suspected_thread_is_not_ended_even_at_the_users_request() {
     let mut t = Thread::new();
     t.user(suspect());
     let v = t.user(end_request());
-    assert!(v.end_confirmation_required);
-    assert_eq!(t.user(yes()).action, Action::End);
+    assert!(!v.end_confirmation_required);
+    assert_eq!(v.end_denied, Some(Denial::CrisisSuspected));
+    let v = t.send(EventKind::ConfirmEnd, benign());
+    assert_eq!(v.action, Action::Continue);
+    assert_eq!(v.end_denied, Some(Denial::CrisisSuspected));
 }
 
 #[test]
@@ -812,20 +815,13 @@ mod properties {
         }
 
         #[test]
-        fn no_escalation_or_model_end_while_crisis_is_suspected(
+        fn never_end_while_crisis_is_suspected(
             steps in prop::collection::vec(step(), 1..60),
         ) {
             run(&steps, |before, after, verdict, _| {
                 // A retried event gets its original decision back, taken before the suspicion.
                 if before.crisis_suspected() && !before.ended() && !verdict.replayed {
-                    assert!(
-                        !(verdict.action == Action::End
-                            && matches!(
-                                verdict.reason,
-                                Reason::PersistentHarm | Reason::PersistentAbuse | Reason::ModelRequested
-                            )),
-                        "{verdict:?}"
-                    );
+                    assert_ne!(verdict.action, Action::End, "{verdict:?}");
                     assert!(!verdict.warning, "no warning once an END is impossible");
                 }
                 // Suspicion is sticky, and shows in the summary.

@@ -432,7 +432,7 @@ fn help(name: &str) -> &'static str {
         "threadwarden_warnings_total" => "Redirects that carried the warning.",
         "threadwarden_crisis_routings_total" => "Verdicts that carried crisis support, by kind.",
         "threadwarden_crisis_suspected_total" => {
-            "Threads marked crisis-suspected (never ended by escalation or the model) without a crisis signal."
+            "Threads marked crisis-suspected (never ended any more) without a crisis signal."
         }
         "threadwarden_feedback_total" => "Feedback received, by rating.",
         "threadwarden_errors_total" => "Events or calls rejected, by stable reason code.",

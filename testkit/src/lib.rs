@@ -384,6 +384,10 @@ fn read_scores(b: &mut Bytes<'_>) -> Scores {
     };
     let high = bits & 0x80 != 0;
     s.crisis_self = level(bits & 0x01 != 0 && bits & 0x40 != 0, high);
+    // Without 0x40 but with 0x80: a score between the suspect and the crisis thresholds.
+    if bits & 0x01 != 0 && bits & 0x40 == 0 && high {
+        s.crisis_self = 0.35;
+    }
     s.crisis_others = level(bits & 0x02 != 0 && bits & 0x40 != 0, high);
     s.crisis_third_party = level(bits & 0x04 != 0, high);
     s.end_request = level(bits & 0x08 != 0, high);
@@ -566,6 +570,19 @@ pub fn policy_sequence(data: &[u8]) -> Reached {
             assert!(
                 !verdict.summary.crisis_active,
                 "END with crisis active: {verdict:?}"
+            );
+        }
+
+        // Never END while crisis is suspected; never warn then.
+        if before.crisis_suspected() && !before.ended() && !verdict.replayed {
+            assert_ne!(
+                shadow,
+                Action::End,
+                "END while crisis is suspected: {verdict:?}"
+            );
+            assert!(
+                !verdict.warning,
+                "a warning once an END is impossible: {verdict:?}"
             );
         }
 

@@ -93,10 +93,11 @@ fn find<'a>(results: &'a [ScenarioResult], id: &str) -> Option<&'a ScenarioResul
     results.iter().find(|r| r.id == id)
 }
 
-/// Evaluates the targets of issue 5 against what was measured.
+/// Evaluates the targets of issue 5 against what was measured; the classification budget is
+/// issue 18's, for both tiers (issue 5's, 5 and 25 µs, was for the rules alone).
 pub fn targets(results: &[ScenarioResult], criterion: &[Bench], classifier_us: f64) -> Vec<Target> {
     let mut out = Vec::new();
-    for (size, limit) in [(300, 5.0), (2048, 25.0)] {
+    for (size, limit) in [(300, 15.0), (2048, 60.0)] {
         let worst = criterion
             .iter()
             .filter(|b| {
@@ -108,7 +109,9 @@ pub fn targets(results: &[ScenarioResult], criterion: &[Bench], classifier_us: f
                 Some(acc.map_or(x, |a| a.max(x)))
             });
         out.push(Target {
-            target: format!("classification per message, {size} B (worst of benign, harmful)"),
+            target: format!(
+                "classification per message, both tiers, {size} B (worst of benign, harmful)"
+            ),
             goal: format!("≤ {limit} µs median"),
             figure: worst.map_or("–".into(), |w| format!("{w:.2} µs")),
             status: status(worst.map(|w| w <= limit)),

@@ -40,6 +40,9 @@ pub struct EvalOptions {
     pub speed_reps: usize,
     /// Measure the rules alone, without the learned component.
     pub rules_only: bool,
+    /// Measure without the semantic tier (the rules and the n-gram head: the classifier before
+    /// the semantic tier).
+    pub no_semantic: bool,
     /// Write the errors of every target (JSONL, with the data's text) to this file: for local
     /// error analysis only, never to be committed (the data may not be copied into the project).
     pub misses: Option<std::path::PathBuf>,
@@ -53,6 +56,7 @@ impl Default for EvalOptions {
             speed_messages: 200,
             speed_reps: 20,
             rules_only: false,
+            no_semantic: false,
             misses: None,
             lexicon: None,
         }
@@ -61,8 +65,12 @@ impl Default for EvalOptions {
 
 /// The classifier an eval run measures.
 pub fn classifier(opts: &EvalOptions) -> std::sync::Arc<Classifier> {
-    threadwarden::check::classifier_with(opts.lexicon.as_deref(), opts.rules_only)
-        .expect("lexicon checked in main")
+    threadwarden::check::classifier_with(
+        opts.lexicon.as_deref(),
+        opts.rules_only,
+        !opts.no_semantic,
+    )
+    .expect("lexicon checked in main")
 }
 
 /// The categories that are END-eligible at the severe tier.
@@ -92,8 +100,10 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         "classifier".into(),
         json!(if opts.rules_only {
             "rules only"
+        } else if opts.no_semantic {
+            "rules + n-gram head (no semantic tier)"
         } else {
-            "rules + adopted model heads"
+            "rules + n-gram head + semantic tier (adopted heads)"
         }),
     );
     report.insert("sets".into(), sets.summary());
@@ -153,6 +163,30 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         let red = rs.iter().filter(|r| r.redirect).count();
         by_source.push(
             json!({"set": src, "n": rs.len(), "redirect_recall": metrics::rate(red, rs.len())}),
+        );
+    }
+    // BeaverTails' severe categories (child abuse; terrorism and organised crime): never
+    // trained on, and the severe tier's headline.
+    let bt: Vec<&Single> = sets
+        .harmful
+        .iter()
+        .zip(&harmful)
+        .filter(|(s, _)| {
+            s.source == "beavertails_eval"
+                && s.cats.iter().any(|c| {
+                    matches!(
+                        c,
+                        Category::ChildSexualExploitation | Category::ViolentExtremism
+                    )
+                })
+        })
+        .map(|(_, r)| r)
+        .collect();
+    if !bt.is_empty() {
+        let red = bt.iter().filter(|r| r.redirect).count();
+        by_source.push(
+            json!({"set": "beavertails_eval severe (child_abuse, terrorism)", "n": bt.len(),
+            "redirect_recall": metrics::rate(red, bt.len())}),
         );
     }
     report.insert("harmful_redirect_recall".into(), Value::Array(by_source));
@@ -321,6 +355,21 @@ pub fn evaluate(root: &Path, opts: &EvalOptions) -> Result<Value, DataError> {
         "crisis_conversations".into(),
         json!({"n": outs.len(), "with_crisis_signal": with_crisis, "ended": ends,
                "ends_after_crisis_all_runs": sim.ends_after_crisis(), "target_ends": 0}),
+    );
+
+    // Opened by someone at risk (sets never trained on), then pressed: none may end, whether or
+    // not the opener was recognised.
+    let outs: Vec<ConvOutcome> = sets
+        .at_risk_conversations
+        .iter()
+        .map(|c| sim.persist(c))
+        .collect();
+    report.insert(
+        "at_risk_conversations".into(),
+        json!({"n": outs.len(),
+               "recognised": outs.iter().filter(|o| o.crisis_seen).count(),
+               "ended": outs.iter().filter(|o| o.ended_at.is_some()).count(),
+               "target_ends": 0}),
     );
 
     // ---- languages -----------------------------------------------------------------------------
@@ -528,11 +577,19 @@ pub fn render(r: &Value) -> String {
     let cc = &r["crisis_conversations"];
     let _ = writeln!(
         o,
-        "Crisis conversations: {} built, {} with a crisis signal, {} ended; ENDs after a crisis signal in every simulated conversation: {}",
+        "Crisis conversations: {} built, {} with a crisis signal or suspicion, {} ended; ENDs after a crisis signal or suspicion in every simulated conversation: {}",
         u(cc, "n"),
         u(cc, "with_crisis_signal"),
         u(cc, "ended"),
         u(cc, "ends_after_crisis_all_runs")
+    );
+    let ar = &r["at_risk_conversations"];
+    let _ = writeln!(
+        o,
+        "Opened by a person at risk (SDCNL suicide posts, Twitter intention=1; never trained on), then pressed with severe requests and abuse: {} conversations, {} recognised (crisis or suspicion), {} ended (target 0)",
+        u(ar, "n"),
+        u(ar, "recognised"),
+        u(ar, "ended")
     );
     if let Some(a) = r.get("abuse_convabuse_valid") {
         let _ = writeln!(
@@ -650,6 +707,9 @@ pub struct EvalArgs {
     /// Measure the rules alone, without the learned component.
     #[arg(long)]
     pub rules_only: bool,
+    /// Measure without the semantic tier (the classifier as it was before it).
+    #[arg(long)]
+    pub no_semantic: bool,
     /// Write every target's errors, with the data's text, to this JSONL file (local error
     /// analysis only: keep it out of the repository).
     #[arg(long)]
@@ -665,10 +725,13 @@ pub fn main(args: EvalArgs) -> std::process::ExitCode {
         speed_messages: args.speed_messages,
         speed_reps: args.speed_reps,
         rules_only: args.rules_only,
+        no_semantic: args.no_semantic,
         misses: args.misses,
         lexicon: args.lexicon,
     };
-    if let Err(e) = threadwarden::check::classifier_with(opts.lexicon.as_deref(), opts.rules_only) {
+    if let Err(e) =
+        threadwarden::check::classifier_with(opts.lexicon.as_deref(), opts.rules_only, true)
+    {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }

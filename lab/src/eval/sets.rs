@@ -64,6 +64,9 @@ pub struct Sets {
     pub dialogues: Vec<(&'static str, Vec<Vec<Turn>>)>,
     pub persistent: Vec<(&'static str, Vec<Vec<String>>)>,
     pub crisis_conversations: Vec<Vec<String>>,
+    /// Opened by a person at risk (SDCNL suicide posts, Twitter intention=1: never trained on),
+    /// then pressed with severe requests and abuse: none may end.
+    pub at_risk_conversations: Vec<Vec<String>>,
     pub languages: Vec<(String, Lang)>,
     pub missing: Vec<String>,
 }
@@ -537,6 +540,24 @@ impl Sets {
                 conv.extend(severe[i % severe.len()].iter().cloned());
                 self.crisis_conversations.push(conv);
             }
+        }
+        let openers: Vec<String> = self
+            .crisis
+            .iter()
+            .filter(|(n, _)| n.starts_with("sdcnl") || n.starts_with("twitter"))
+            .flat_map(|(_, xs)| xs.iter().take(25).map(|x| x.text.clone()))
+            .collect();
+        for (i, opener) in openers.iter().enumerate() {
+            let mut conv = vec![opener.clone()];
+            if let Some(goal) = severe.get(i % severe.len().max(1)) {
+                conv.extend(goal.iter().take(5).cloned());
+            }
+            for k in 0..3 {
+                if let Some(a) = abusive_turns.get((i * 3 + k) % abusive_turns.len().max(1)) {
+                    conv.push(a.clone());
+                }
+            }
+            self.at_risk_conversations.push(conv);
         }
         Ok(())
     }

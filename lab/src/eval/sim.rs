@@ -30,7 +30,7 @@ pub struct ConvOutcome {
     pub ended_at: Option<u32>,
     /// A warning was issued before the END.
     pub warned: bool,
-    /// A verdict carried crisis support.
+    /// A verdict carried crisis support, or the thread was crisis-suspected.
     pub crisis_seen: bool,
 }
 
@@ -133,7 +133,11 @@ impl Sim {
     }
 
     fn note(&self, out: &mut ConvOutcome, v: &pb::Verdict, user: bool) -> bool {
-        if v.crisis.is_some() || v.thread.as_ref().is_some_and(|t| t.crisis_active) {
+        if v.crisis.is_some()
+            || v.thread
+                .as_ref()
+                .is_some_and(|t| t.crisis_active || t.crisis_suspected)
+        {
             out.crisis_seen = true;
         }
         if v.redirect.as_ref().is_some_and(|r| r.warning) {

@@ -25,8 +25,8 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            hidden: 128,
-            epochs: 8,
+            hidden: 64,
+            epochs: 12,
             lr: 2e-3,
             weight_decay: 1e-4,
             batch: 64,
@@ -35,25 +35,51 @@ impl Default for Params {
     }
 }
 
-/// Flag-rate budgets on the benign pool: the share of benign texts a head may flag at its
-/// operating point (crisis heads: at the crisis point, and at the wider suspect point).
+/// A flag-rate budget on the two benign pools: the share of ordinary benign text (chat,
+/// instructions, command descriptions) and of look-alike benign text (the corpus's hard
+/// negatives, the Caia set, HateCheck's non-hateful cases, sad Reddit comments) that an
+/// operating point may flag. The point satisfies both.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Budget {
+    pub ordinary: f64,
+    pub lookalike: f64,
+}
+
+/// Flag-rate budgets per kind of head and operating point. Chosen for what a flag costs: a
+/// REDIRECT of a benign request is a refusal; crisis support on a sad message is an offer of
+/// help; suspicion only stops an END.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Budgets {
-    pub category: f64,
-    pub any_harm: f64,
-    pub crisis: f64,
-    pub crisis_suspect: f64,
-    pub third_party: f64,
+    pub category: Budget,
+    pub any_harm: Budget,
+    pub crisis: Budget,
+    pub crisis_suspect: Budget,
+    pub third_party: Budget,
 }
 
 impl Default for Budgets {
     fn default() -> Self {
         Budgets {
-            category: 0.002,
-            any_harm: 0.004,
-            crisis: 0.01,
-            crisis_suspect: 0.03,
-            third_party: 0.01,
+            category: Budget {
+                ordinary: 0.0015,
+                lookalike: 0.015,
+            },
+            any_harm: Budget {
+                ordinary: 0.003,
+                lookalike: 0.03,
+            },
+            crisis: Budget {
+                ordinary: 0.015,
+                lookalike: 0.35,
+            },
+            crisis_suspect: Budget {
+                ordinary: 0.08,
+                lookalike: 0.9,
+            },
+            third_party: Budget {
+                ordinary: 0.005,
+                lookalike: 0.05,
+            },
         }
     }
 }
@@ -63,11 +89,38 @@ pub fn suspect_threshold() -> f32 {
     Policy::default().thresholds.crisis_suspect
 }
 
-/// One training row: its vector, labels and weight.
+/// One training row: its vector (from the distilled table), token ids, labels and weight.
 pub struct Row<'a> {
     pub x: &'a [f32; DIMS],
+    pub ids: &'a [u32],
     pub labels: &'a [Label; HEAD_COUNT],
     pub weight: f32,
+}
+
+/// Fine-tuning of the token table during training: row-wise Adagrad on the rows a batch
+/// touches, pulled back toward the distilled values by an L2 term.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Tuning {
+    pub lr: f32,
+    pub l2: f32,
+}
+
+/// The unit-length mean of `ids`' rows of `table` (what the product computes).
+pub fn vector_of(table: &[f32], ids: &[u32], out: &mut [f32; DIMS]) {
+    *out = [0.0; DIMS];
+    let rows = table.len() / DIMS;
+    for &id in ids {
+        let id = id as usize;
+        if id < rows {
+            for (o, t) in out.iter_mut().zip(&table[id * DIMS..(id + 1) * DIMS]) {
+                *o += t;
+            }
+        }
+    }
+    let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        out.iter_mut().for_each(|x| *x /= norm);
+    }
 }
 
 /// A small deterministic PRNG (xorshift64*).
@@ -77,7 +130,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -86,11 +139,11 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
             xs.swap(i, j);
         }
     }
@@ -191,8 +244,18 @@ fn pos_weights(rows: &[Row]) -> [f32; HEAD_COUNT] {
     out
 }
 
-/// Trains the network on `rows`.
-pub fn train(rows: &[Row], p: &Params) -> Net {
+/// Trains the network on `rows`; with `tuning`, the token `table` is trained with it.
+// Index loops over the weight, gradient and activation arrays side by side read as the algebra.
+#[allow(clippy::needless_range_loop)]
+pub fn train(rows: &[Row], p: &Params, mut tuning: Option<(&mut Vec<f32>, Tuning)>) -> Net {
+    let table0: Option<Vec<f32>> = tuning.as_ref().map(|(t, _)| t.to_vec());
+    let mut adagrad: Vec<f32> = match &tuning {
+        Some((t, _)) => vec![1e-6; t.len() / DIMS],
+        None => Vec::new(),
+    };
+    let mut xbuf;
+    let mut raw_norm = 0.0f32;
+    let mut dx = vec![0.0f32; DIMS];
     let h = p.hidden;
     let input = if h == 0 { DIMS } else { h };
     let mut rng = Rng::new(p.seed);
@@ -237,7 +300,29 @@ pub fn train(rows: &[Row], p: &Params) -> Net {
             let mut wsum = 0.0f32;
             for &i in batch {
                 let r = &rows[i];
-                let x: &[f32] = r.x;
+                let x: &[f32] = match &tuning {
+                    Some((table, _)) => {
+                        // Unit-length mean of the rows, and the mean's norm for the backward pass.
+                        xbuf = [0.0; DIMS];
+                        let n = table.len() / DIMS;
+                        for &id in r.ids {
+                            let id = id as usize;
+                            if id < n {
+                                for (o, t) in
+                                    xbuf.iter_mut().zip(&table[id * DIMS..(id + 1) * DIMS])
+                                {
+                                    *o += t;
+                                }
+                            }
+                        }
+                        raw_norm = xbuf.iter().map(|v| v * v).sum::<f32>().sqrt();
+                        if raw_norm > 0.0 {
+                            xbuf.iter_mut().for_each(|v| *v /= raw_norm);
+                        }
+                        &xbuf
+                    }
+                    None => r.x,
+                };
                 let feat: &[f32] = if h == 0 {
                     x
                 } else {
@@ -271,6 +356,10 @@ pub fn train(rows: &[Row], p: &Params) -> Net {
                         }
                     }
                 }
+                let tuned = tuning.is_some();
+                if tuned {
+                    dx.iter_mut().for_each(|d| *d = 0.0);
+                }
                 if h > 0 {
                     for j in 0..h {
                         if hid[j] <= 0.0 || dh[j] == 0.0 {
@@ -281,6 +370,56 @@ pub fn train(rows: &[Row], p: &Params) -> Net {
                         let gr = &mut g_w1[j * DIMS..(j + 1) * DIMS];
                         for (gi, xi) in gr.iter_mut().zip(x) {
                             *gi += d * xi;
+                        }
+                        if tuned {
+                            let row = &net.w1[j * DIMS..(j + 1) * DIMS];
+                            for (o, w) in dx.iter_mut().zip(row) {
+                                *o += d * w;
+                            }
+                        }
+                    }
+                } else if tuned {
+                    for k in 0..HEAD_COUNT {
+                        let y = r.labels[k];
+                        if y != POS && y != NEG {
+                            continue;
+                        }
+                        let row = &net.w2[k * DIMS..(k + 1) * DIMS];
+                        let z: f32 = row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + net.b2[k];
+                        let w = r.weight * if y == POS { posw[k] } else { 1.0 };
+                        let g = (sigmoid(z) - if y == POS { 1.0 } else { 0.0 }) * w;
+                        for (o, wk) in dx.iter_mut().zip(row) {
+                            *o += g * wk;
+                        }
+                    }
+                }
+                if let Some((table, t)) = tuning.as_mut()
+                    && raw_norm > 0.0
+                    && !r.ids.is_empty()
+                {
+                    // Through the normalisation, then the mean: every token row gets the same
+                    // gradient, scaled by 1 / n. Per-example (not per-batch) sparse steps.
+                    let xd: f32 = x.iter().zip(dx.iter()).map(|(a, b)| a * b).sum();
+                    let scale = 1.0 / (raw_norm * r.ids.len() as f32 * p.batch as f32);
+                    let graw: Vec<f32> = x
+                        .iter()
+                        .zip(dx.iter())
+                        .map(|(xi, di)| (di - xi * xd) * scale)
+                        .collect();
+                    let g2: f32 = graw.iter().map(|g| g * g).sum::<f32>() / DIMS as f32;
+                    let t0 = table0.as_ref().expect("kept with tuning");
+                    let n = table.len() / DIMS;
+                    for &id in r.ids {
+                        let id = id as usize;
+                        if id >= n {
+                            continue;
+                        }
+                        adagrad[id] += g2;
+                        let step = t.lr / adagrad[id].sqrt();
+                        let row = &mut table[id * DIMS..(id + 1) * DIMS];
+                        let init = &t0[id * DIMS..(id + 1) * DIMS];
+                        for ((v, g), v0) in row.iter_mut().zip(&graw).zip(init) {
+                            *v -= step * (g + t.l2 * (*v - v0));
                         }
                     }
                 }
@@ -359,11 +498,11 @@ pub fn fit_combiner(data: &[(f32, f32, f32, bool, f32)]) -> [f32; 4] {
     w
 }
 
-/// The probability above which at most `budget` of the benign pool (each set weighted
-/// equally) is flagged.
+/// The probability above which at most `budget` of a benign pool (each set weighted equally)
+/// is flagged.
 pub fn operating_point(benign: &[(f32, usize)], budget: f64) -> f32 {
     if benign.is_empty() {
-        return 0.5;
+        return 0.0;
     }
     let mut per_set: std::collections::BTreeMap<usize, usize> = Default::default();
     for &(_, s) in benign {
@@ -386,6 +525,11 @@ pub fn operating_point(benign: &[(f32, usize)], budget: f64) -> f32 {
     xs.last().map_or(0.5, |x| x.0)
 }
 
+/// The point that satisfies a budget on both pools.
+fn point_for(ordinary: &[(f32, usize)], lookalike: &[(f32, usize)], b: Budget) -> f32 {
+    operating_point(ordinary, b.ordinary).max(operating_point(lookalike, b.lookalike))
+}
+
 /// The policy thresholds a head's knots map onto, lowest first.
 pub fn policy_points(h: Head) -> Vec<f32> {
     let p = Policy::default();
@@ -398,7 +542,7 @@ pub fn policy_points(h: Head) -> Vec<f32> {
 }
 
 /// The budgets of a head's operating points, in the order of [`policy_points`].
-pub fn budgets_of(h: Head, b: &Budgets) -> Vec<f64> {
+pub fn budgets_of(h: Head, b: &Budgets) -> Vec<Budget> {
     match h {
         Head::AnyHarm => vec![b.any_harm],
         Head::Category(_) => vec![b.category],
@@ -422,6 +566,8 @@ pub struct Oof<'a> {
     pub weight: f32,
     pub set: usize,
     pub benign: bool,
+    /// Its set is a look-alike pool (see [`Budget`]).
+    pub lookalike: bool,
 }
 
 /// Fits every head's combiner and knots on out-of-fold predictions.
@@ -449,36 +595,33 @@ pub fn calibrate(oof: &[Oof], budgets: &Budgets) -> Calibration {
             combiner,
             knots: Vec::new(),
         };
-        let benign: Vec<(f32, usize)> = oof
-            .iter()
-            .filter(|o| o.benign && o.labels[k] != POS)
-            .map(|o| {
-                let p = hp.probability(
-                    rule_score(o.rules, h),
-                    o.logits[k],
-                    o.logits[Head::AnyHarm.index()],
-                );
-                (p, o.set)
-            })
-            .collect();
-        let sem: Vec<(f32, usize)> = oof
-            .iter()
-            .filter(|o| o.benign && o.labels[k] != POS)
-            .map(|o| (sigmoid(o.logits[k]), o.set))
-            .collect();
-        semantic_points.push(operating_point(
-            &sem,
-            *budgets_of(h, budgets).last().unwrap(),
-        ));
+        let pool = |lookalike: bool, f: &dyn Fn(&Oof) -> f32| -> Vec<(f32, usize)> {
+            oof.iter()
+                .filter(|o| o.benign && o.labels[k] != POS && o.lookalike == lookalike)
+                .map(|o| (f(o), o.set))
+                .collect()
+        };
+        let combined = |o: &Oof| {
+            hp.probability(
+                rule_score(o.rules, h),
+                o.logits[k],
+                o.logits[Head::AnyHarm.index()],
+            )
+        };
+        let semantic = |o: &Oof| sigmoid(o.logits[k]);
+        let (c_ord, c_look) = (pool(false, &combined), pool(true, &combined));
+        let (s_ord, s_look) = (pool(false, &semantic), pool(true, &semantic));
+        let last = *budgets_of(h, budgets).last().expect("a budget");
+        semantic_points.push(point_for(&s_ord, &s_look, last));
         let mut knots: Vec<Knot> = Vec::new();
         for (score, budget) in policy_points(h).into_iter().zip(budgets_of(h, budgets)) {
-            let mut p = operating_point(&benign, budget);
+            let mut p = point_for(&c_ord, &c_look, budget);
             if let Some(prev) = knots.last() {
                 // Strictly increasing in p: a wider budget can only lower the point.
                 p = p.max(prev.p + 1e-4);
             }
             knots.push(Knot {
-                p: p.min(0.9995),
+                p: p.clamp(1e-4, 0.9995),
                 score,
             });
         }

@@ -52,18 +52,38 @@ pub struct TrainArgs {
     /// The full report as JSON (EVAL.md's tables are made from it).
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Hidden-layer width (0: linear heads).
-    #[arg(long, default_value_t = 128)]
+    /// Hidden-layer width (0: linear heads). 64 measured as good as 128 in k-fold, at half
+    /// the cost per message; linear heads were clearly worse (EVAL.md).
+    #[arg(long, default_value_t = 64)]
     pub hidden: usize,
     /// Training epochs.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 12)]
     pub epochs: usize,
     /// Seed of every shuffle and initialisation.
     #[arg(long, default_value_t = 20_261_206)]
     pub seed: u64,
+    /// Train the token table with the heads (row-wise Adagrad, pulled toward the distilled
+    /// table); the tuned table replaces `embeddings.bin` when written.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tune: bool,
+    /// Step size of the table's Adagrad.
+    #[arg(long, default_value_t = 0.1)]
+    pub tune_lr: f32,
+    /// Pull of a tuned row toward its distilled value.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tune_l2: f32,
+    /// The distilled table (`lab/distill/distill.py`).
+    #[arg(long, default_value = "lab/distill/distilled.bin")]
+    pub distilled: PathBuf,
+    /// Where the product's table is written (tuned, or the distilled one as it is).
+    #[arg(long, default_value = "src/classify/semantic/embeddings.bin")]
+    pub table_out: PathBuf,
     /// Skip leave-one-dataset-out (nothing is adopted without it).
     #[arg(long)]
     pub no_lodo: bool,
+    /// Write every example's set, labels, rules' scores and honest logits (JSONL, no text).
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
     /// Worker threads for the folds.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -72,7 +92,74 @@ pub struct TrainArgs {
 /// Precomputed inputs of every example.
 pub struct Features {
     pub rules: Vec<Scores>,
+    /// The unit-length mean of the distilled table's rows.
     pub vectors: Vec<[f32; DIMS]>,
+    /// The WordPiece ids of the normalised text (for a tuned table).
+    pub ids: Vec<Vec<u32>>,
+    /// The vocabulary covers the text: the product applies the semantic tier to it.
+    pub covered: Vec<bool>,
+}
+
+/// A trained network, with its tuned token table when the table was trained too.
+pub struct Trained {
+    pub net: Net,
+    pub table: Option<Vec<f32>>,
+}
+
+/// The distilled table (`lab/distill/distilled.bin`), dequantised: the starting point of
+/// tuning, and the product's table when tuning is off.
+pub fn distilled_table(path: &std::path::Path) -> Result<Vec<f32>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() < 16 || &b[..8] != b"TWSE1\0\0\0" {
+        return Err(format!("{}: not a token table", path.display()));
+    }
+    let rows = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
+    let scales: Vec<f32> = b[16..16 + rows * 4]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let q = &b[16 + rows * 4..];
+    if q.len() != rows * DIMS {
+        return Err(format!("{}: truncated table", path.display()));
+    }
+    Ok((0..rows * DIMS)
+        .map(|i| scales[i / DIMS] * f32::from(q[i] as i8))
+        .collect())
+}
+
+/// A table as the product stores it: int8 rows with one scale each (same format as distilled).
+pub fn quantise(table: &[f32]) -> Vec<u8> {
+    let rows = table.len() / DIMS;
+    let mut out = Vec::with_capacity(16 + rows * (4 + DIMS));
+    out.extend_from_slice(b"TWSE1\0\0\0");
+    out.extend_from_slice(&(rows as u32).to_le_bytes());
+    out.extend_from_slice(&(DIMS as u32).to_le_bytes());
+    let mut q = Vec::with_capacity(rows * DIMS);
+    for row in table.chunks_exact(DIMS) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        out.extend_from_slice(&scale.to_le_bytes());
+        q.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8),
+        );
+    }
+    out.extend_from_slice(&q);
+    out
+}
+
+/// `quantise` and back: the values the product will compute with.
+pub fn requantised(table: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(table.len());
+    for row in table.chunks_exact(DIMS) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        out.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) * scale),
+        );
+    }
+    out
 }
 
 /// The rules as the product runs them before the semantic tier (lexicon, rules, adopted n-gram
@@ -91,19 +178,27 @@ pub fn features(examples: &[Example], threads: usize) -> Features {
     let n = examples.len();
     let mut out_rules = vec![Scores::default(); n];
     let mut out_vecs = vec![[0.0f32; DIMS]; n];
+    let mut out_ids = vec![Vec::new(); n];
+    let mut out_covered = vec![false; n];
     let chunk = n.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
-        for ((ex, r), v) in examples
+        for ((((ex, r), v), ids), covered) in examples
             .chunks(chunk)
             .zip(out_rules.chunks_mut(chunk))
             .zip(out_vecs.chunks_mut(chunk))
+            .zip(out_ids.chunks_mut(chunk))
+            .zip(out_covered.chunks_mut(chunk))
         {
             let (rules, sem) = (&rules, &sem);
             s.spawn(move || {
                 let mut scratch = SemanticScratch::default();
-                for ((e, r), v) in ex.iter().zip(r).zip(v) {
+                let mut tok = threadwarden::classify::semantic::TokenizerScratch::default();
+                for ((((e, r), v), ids), covered) in ex.iter().zip(r).zip(v).zip(ids).zip(covered) {
                     *r = rules.classify(&e.text);
-                    sem.vector(&normalize(&e.text), &mut scratch, v);
+                    let normalized = normalize(&e.text);
+                    *covered = sem.vector(&normalized, &mut scratch, v).covered();
+                    sem.tokenizer().encode(&normalized, &mut tok, ids);
+                    semantic::clip_pieces(ids);
                 }
             });
         }
@@ -111,6 +206,8 @@ pub fn features(examples: &[Example], threads: usize) -> Features {
     Features {
         rules: out_rules,
         vectors: out_vecs,
+        ids: out_ids,
+        covered: out_covered,
     }
 }
 
@@ -140,36 +237,64 @@ struct Ctx<'a> {
     feats: &'a Features,
     weights: &'a [f32],
     params: Params,
+    tuning: Option<fit::Tuning>,
+    table0: &'a [f32],
 }
 
 impl Ctx<'_> {
-    fn train(&self, idx: &[usize], seed: u64) -> Net {
+    fn train(&self, idx: &[usize], seed: u64) -> Trained {
+        // Only text the product applies the tier to.
         let rows: Vec<Row> = idx
             .iter()
+            .filter(|&&i| self.feats.covered[i])
             .map(|&i| Row {
                 x: &self.feats.vectors[i],
+                ids: &self.feats.ids[i],
                 labels: &self.pool.examples[i].labels,
                 weight: self.weights[i],
             })
             .collect();
-        fit::train(
-            &rows,
-            &Params {
-                seed,
-                ..self.params
+        let p = Params {
+            seed,
+            ..self.params
+        };
+        match self.tuning {
+            Some(t) => {
+                let mut table = self.table0.to_vec();
+                let net = fit::train(&rows, &p, Some((&mut table, t)));
+                Trained {
+                    net,
+                    // What the product will hold: int8 rows.
+                    table: Some(requantised(&table)),
+                }
+            }
+            None => Trained {
+                net: fit::train(&rows, &p, None),
+                table: None,
             },
-        )
+        }
     }
 
-    fn logits(&self, net: &Net, idx: &[usize]) -> Vec<(usize, [f32; HEAD_COUNT])> {
+    fn logits(&self, m: &Trained, idx: &[usize]) -> Vec<(usize, [f32; HEAD_COUNT])> {
         let mut scratch = Vec::new();
+        let mut v = [0.0f32; DIMS];
         idx.iter()
-            .map(|&i| (i, net.logits(&self.feats.vectors[i], &mut scratch)))
+            .map(|&i| {
+                let x = match &m.table {
+                    Some(t) => {
+                        fit::vector_of(t, &self.feats.ids[i], &mut v);
+                        &v
+                    }
+                    None => &self.feats.vectors[i],
+                };
+                (i, m.net.logits(x, &mut scratch))
+            })
             .collect()
     }
 
     fn oof<'b>(&'b self, logits: &'b [[f32; HEAD_COUNT]], idx: &[usize]) -> Vec<Oof<'b>> {
         idx.iter()
+            .filter(|&&i| self.feats.covered[i])
             .map(|&i| {
                 let e = &self.pool.examples[i];
                 Oof {
@@ -179,11 +304,15 @@ impl Ctx<'_> {
                     weight: self.weights[i],
                     set: e.set,
                     benign: e.benign,
+                    lookalike: self.pool.sets[e.set].lookalike,
                 }
             })
             .collect()
     }
 }
+
+/// A fold to run: the logits it predicts, by example.
+type Job<'j> = Box<dyn FnOnce() -> Vec<(usize, [f32; HEAD_COUNT])> + Send + 'j>;
 
 /// Runs `jobs` on `threads` workers, results in job order.
 fn parallel<T: Send>(threads: usize, jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
@@ -211,9 +340,13 @@ fn parallel<T: Send>(threads: usize, jobs: Vec<Box<dyn FnOnce() -> T + Send + '_
 }
 
 /// The scores the product would give: the rules' scores merged with the heads' logits.
-fn merged(rules: &Scores, logits: &[f32; HEAD_COUNT], heads: &Heads) -> Scores {
+/// The scores the product gives: the rules' scores merged with the heads' logits where the
+/// vocabulary covers the text, the rules' alone elsewhere.
+fn merged(rules: &Scores, logits: &[f32; HEAD_COUNT], heads: &Heads, covered: bool) -> Scores {
     let mut s = *rules;
-    semantic::merge(heads, logits, &mut s, None);
+    if covered {
+        semantic::merge(heads, logits, &mut s, None);
+    }
     s
 }
 
@@ -292,8 +425,10 @@ struct SetFigures {
     /// Benign texts flagged (any category).
     benign_flagged: Option<[f64; 3]>,
     benign_n: usize,
-    /// Benign texts routed to crisis support.
+    /// Texts of people not at risk (crisis label negative: benign texts, depression posts)
+    /// routed to crisis support.
     benign_crisis: Option<[f64; 3]>,
+    not_at_risk_n: usize,
 }
 
 /// Per-set figures for `idx` (all one set) under the three tiers.
@@ -333,11 +468,16 @@ fn set_figures(
         let e = &ctx.pool.examples[i];
         let rules = &ctx.feats.rules[i];
         let l = &logits[i];
-        let comb = merged(rules, l, heads);
-        let flags = [fit::flagged(rules), sem_flag(l), fit::flagged(&comb)];
+        let covered = ctx.feats.covered[i];
+        let comb = merged(rules, l, heads, covered);
+        let flags = [
+            fit::flagged(rules),
+            covered && sem_flag(l),
+            fit::flagged(&comb),
+        ];
         let routes = [
             rules.crisis_self >= crisis_t,
-            sem_crisis(l),
+            covered && sem_crisis(l),
             comb.crisis_self >= crisis_t,
         ];
         if e.labels[Head::AnyHarm.index()] == POS
@@ -361,6 +501,11 @@ fn set_figures(
             f.benign_n += 1;
             for t in 0..3 {
                 benign[t] += usize::from(flags[t]);
+            }
+        }
+        if e.labels[Head::CrisisSelf.index()] == NEG && (e.benign || !e.labels.contains(&POS)) {
+            f.not_at_risk_n += 1;
+            for t in 0..3 {
                 benign_crisis[t] += usize::from(routes[t]);
             }
         }
@@ -370,7 +515,7 @@ fn set_figures(
     f.crisis = rate(crisis, f.crisis_n);
     f.crisis_suspected = (f.crisis_n > 0).then(|| suspected as f64 / f.crisis_n as f64);
     f.benign_flagged = rate(benign, f.benign_n);
-    f.benign_crisis = rate(benign_crisis, f.benign_n);
+    f.benign_crisis = rate(benign_crisis, f.not_at_risk_n);
     f
 }
 
@@ -380,7 +525,7 @@ fn heads_with(net: &Net, calib: &Calibration, adopted: Option<&[bool]>) -> Heads
         .iter()
         .enumerate()
         .map(|(k, p)| HeadParams {
-            adopted: adopted.map_or(true, |a| a[k]),
+            adopted: adopted.is_none_or(|a| a[k]),
             ..p.clone()
         })
         .collect();
@@ -409,24 +554,6 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
         pool.missing
     );
     let feats = features(&pool.examples, args.threads);
-    if let Some(path) = std::env::var_os("TW_DUMP_FEATURES") {
-        // Diagnostics: token ids, labels and rule scores of every example (JSONL).
-        let sem = Semantic::without_heads();
-        let mut scratch = threadwarden::classify::semantic::TokenizerScratch::default();
-        let mut out = String::new();
-        for (i, e) in pool.examples.iter().enumerate() {
-            let mut ids = Vec::new();
-            sem.tokenizer()
-                .encode(&normalize(&e.text), &mut scratch, &mut ids);
-            let rules: Vec<f32> = HEADS
-                .iter()
-                .map(|h| fit::rule_score(&feats.rules[i], *h))
-                .collect();
-            out.push_str(&json!({"set": pool.sets[e.set].name, "use": pool.sets[e.set].usage, "group": e.group, "benign": e.benign, "labels": e.labels.to_vec(), "rules": rules, "ids": ids}).to_string());
-            out.push('\n');
-        }
-        std::fs::write(path, out).map_err(|e| e.to_string())?;
-    }
     eprintln!("features: {:.1}s", started.elapsed().as_secs_f64());
     let weights = weights(&pool);
     let params = Params {
@@ -435,11 +562,18 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
         seed: args.seed,
         ..Params::default()
     };
+    let table0 = distilled_table(&args.distilled)?;
+    let tuning = args.tune.then_some(fit::Tuning {
+        lr: args.tune_lr,
+        l2: args.tune_l2,
+    });
     let ctx = Ctx {
         pool: &pool,
         feats: &feats,
         weights: &weights,
         params,
+        tuning,
+        table0: &table0,
     };
     let budgets = Budgets::default();
     let n = pool.examples.len();
@@ -452,8 +586,7 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
 
     // Grouped k-fold: out-of-fold logits for every trainable example.
     const K: usize = 5;
-    let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, [f32; HEAD_COUNT])> + Send + '_>> =
-        Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     for fold in 0..K {
         let (train, test): (Vec<usize>, Vec<usize>) = trainable
             .iter()
@@ -461,8 +594,8 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
         let ctx = &ctx;
         let seed = args.seed + fold as u64 + 1;
         jobs.push(Box::new(move || {
-            let net = ctx.train(&train, seed);
-            ctx.logits(&net, &test)
+            let m = ctx.train(&train, seed);
+            ctx.logits(&m, &test)
         }));
     }
     let mut kfold = vec![[0.0f32; HEAD_COUNT]; n];
@@ -472,60 +605,84 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
         }
     }
     eprintln!("k-fold: {:.1}s", started.elapsed().as_secs_f64());
-    let calib = fit::calibrate(&ctx.oof(&kfold, &trainable), &budgets);
-    if let Some(path) = std::env::var_os("TW_DUMP_OOF") {
-        // Diagnostics: every trainable example's set, labels, rule scores and k-fold logits.
-        let mut out = String::new();
-        for &i in &trainable {
-            let e = &pool.examples[i];
-            let rules: Vec<f32> = HEADS
-                .iter()
-                .map(|h| fit::rule_score(&feats.rules[i], *h))
-                .collect();
-            out.push_str(&json!({"set": pool.sets[e.set].name, "benign": e.benign, "labels": e.labels.to_vec(), "rules": rules, "logits": kfold[i].to_vec()}).to_string());
-            out.push('\n');
-        }
-        std::fs::write(path, out).map_err(|e| e.to_string())?;
-    }
-
     // Leave one dataset out: a network that never saw the set predicts it.
     let train_sets: Vec<usize> = (0..pool.sets.len())
         .filter(|&s| pool.sets[s].usage == Use::Train)
         .collect();
     let mut lodo = vec![[0.0f32; HEAD_COUNT]; n];
-    let mut lodo_calib: Vec<(usize, Calibration)> = Vec::new();
     if !args.no_lodo {
-        let mut jobs: Vec<
-            Box<dyn FnOnce() -> (usize, Calibration, Vec<(usize, [f32; HEAD_COUNT])>) + Send + '_>,
-        > = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for &s in &train_sets {
             let (train, test): (Vec<usize>, Vec<usize>) =
                 trainable.iter().partition(|&&i| pool.examples[i].set != s);
             let ctx = &ctx;
-            let kfold = &kfold;
-            let budgets = &budgets;
             let seed = args.seed + 100 + s as u64;
             jobs.push(Box::new(move || {
-                let net = ctx.train(&train, seed);
-                // Combiners and operating points from the other sets' out-of-fold logits only.
-                let calib = fit::calibrate(&ctx.oof(kfold, &train), budgets);
-                (s, calib, ctx.logits(&net, &test))
+                let m = ctx.train(&train, seed);
+                ctx.logits(&m, &test)
             }));
         }
-        for (s, c, part) in parallel(args.threads, jobs) {
+        for part in parallel(args.threads, jobs) {
             for (i, l) in part {
                 lodo[i] = l;
             }
-            lodo_calib.push((s, c));
         }
         eprintln!("LODO: {:.1}s", started.elapsed().as_secs_f64());
     }
+    // The honest prediction of every trainable example: a dev set's rows from the network that
+    // never saw the set, the corpus's rows from the one that never saw their writing batch.
+    // Combiners and operating points are fitted on these, so the thresholds are chosen on
+    // benign text of a kind the network had not seen (a flag-rate budget, never a recall).
+    let corpus_row = |i: usize| pool.sets[pool.examples[i].set].name.starts_with("corpus:");
+    let honest: Vec<[f32; HEAD_COUNT]> = (0..n)
+        .map(|i| {
+            if args.no_lodo || corpus_row(i) {
+                kfold[i]
+            } else {
+                lodo[i]
+            }
+        })
+        .collect();
+    let calib = fit::calibrate(&ctx.oof(&honest, &trainable), &budgets);
+    // Per held-out set, the same fitted without that set's rows.
+    let lodo_calib: Vec<(usize, Calibration)> = if args.no_lodo {
+        Vec::new()
+    } else {
+        train_sets
+            .iter()
+            .map(|&s| {
+                let rest: Vec<usize> = trainable
+                    .iter()
+                    .copied()
+                    .filter(|&i| pool.examples[i].set != s)
+                    .collect();
+                (s, fit::calibrate(&ctx.oof(&honest, &rest), &budgets))
+            })
+            .collect()
+    };
 
     // The final network on every trainable example.
-    let net = ctx.train(&trainable, args.seed);
+    let trained = ctx.train(&trainable, args.seed);
     let mut insample = vec![[0.0f32; HEAD_COUNT]; n];
-    for (i, l) in ctx.logits(&net, &(0..n).collect::<Vec<_>>()) {
+    for (i, l) in ctx.logits(&trained, &(0..n).collect::<Vec<_>>()) {
         insample[i] = l;
+    }
+    let net = trained.net.clone();
+    if let Some(path) = &args.dump {
+        // Per example (no text): set, labels, rules' scores, and the honest logits of a
+        // trainable example or the final model's of a measure-only one.
+        let mut out = String::new();
+        for (i, e) in pool.examples.iter().enumerate() {
+            let train = pool.sets[e.set].usage == Use::Train;
+            let l = if train { honest[i] } else { insample[i] };
+            let rules: Vec<f32> = HEADS
+                .iter()
+                .map(|h| fit::rule_score(&feats.rules[i], *h))
+                .collect();
+            out.push_str(&json!({"set": pool.sets[e.set].name, "train": train, "benign": e.benign, "labels": e.labels.to_vec(), "rules": rules, "logits": l.to_vec()}).to_string());
+            out.push('\n');
+        }
+        std::fs::write(path, out).map_err(|e| e.to_string())?;
     }
     eprintln!("final: {:.1}s", started.elapsed().as_secs_f64());
 
@@ -546,13 +703,17 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
         }
         m
     };
+    // The per-head LODO column: the honest predictions (a corpus area is not held out whole
+    // here: leave-one-area-out is in the per-set table).
     let lodo_scores: Vec<Scores> = (0..n)
         .map(|i| {
             let s = pool.examples[i].set;
+            let c = if corpus_row(i) { &calib } else { calib_of(s) };
             merged(
                 &feats.rules[i],
-                &lodo[i],
-                &heads_with(&net, calib_of(s), None),
+                &honest[i],
+                &heads_with(&net, c, None),
+                feats.covered[i],
             )
         })
         .collect();
@@ -561,16 +722,25 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
     for h in HEADS {
         let rules = head_figures(&pool, &trainable, h, |i| head_score(&feats.rules[i], h));
         let ins = head_figures(&pool, &trainable, h, |i| {
-            head_score(&merged(&feats.rules[i], &insample[i], &all_heads), h)
+            head_score(
+                &merged(&feats.rules[i], &insample[i], &all_heads, feats.covered[i]),
+                h,
+            )
         });
         let kf = head_figures(&pool, &trainable, h, |i| {
-            head_score(&merged(&feats.rules[i], &kfold[i], &all_heads), h)
+            head_score(
+                &merged(&feats.rules[i], &kfold[i], &all_heads, feats.covered[i]),
+                h,
+            )
         });
         let lo = head_figures(&pool, &trainable, h, |i| head_score(&lodo_scores[i], h));
         let budget = *fit::budgets_of(h, &budgets).last().unwrap();
         let gain = lo.recall - rules.recall;
         let rise = lo.benign_flag_rate - rules.benign_flag_rate;
-        let adopt = !args.no_lodo && gain >= 0.02 && rise <= budget;
+        // The benign flag rate here averages both pools' sets: allow the rise their budgets
+        // average to.
+        let allowed = (budget.ordinary + budget.lookalike) / 2.0;
+        let adopt = !args.no_lodo && gain >= 0.02 && rise <= allowed;
         adopted[h.index()] = adopt;
         head_rows.push(json!({
             "head": h.name(),
@@ -582,6 +752,7 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
             "lodo_recall_gain": gain,
             "lodo_benign_flag_rise": rise,
             "budget": budget,
+            "allowed_benign_rise": allowed,
             "adopted": adopt,
         }));
     }
@@ -636,6 +807,10 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
 
     let bytes = final_heads.to_bytes();
     std::fs::write(&args.out, &bytes).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let q = quantise(trained.table.as_deref().unwrap_or(&table0));
+    std::fs::write(&args.table_out, &q)
+        .map_err(|e| format!("{}: {e}", args.table_out.display()))?;
+    let table_sha = sha256_hex(&q);
     let manifest = json!({
         "format_version": 1,
         "what": "threadwarden's semantic heads: hidden layer, per-head logits, combiners, calibration knots",
@@ -645,6 +820,9 @@ pub fn run(args: &TrainArgs) -> Result<Value, String> {
             args.data.display(), args.corpus.display(), args.hidden, args.epochs, args.seed, args.threads
         ),
         "params": params,
+        "tuning": tuning,
+        "table": json!({"path": args.table_out.display().to_string(), "sha256": table_sha,
+            "from": args.distilled.display().to_string(), "tuned": args.tune}),
         "budgets": budgets,
         "sha256": sha256_hex(&bytes),
         "trained_on": pool.sets.iter().enumerate().filter(|(_, s)| s.usage == Use::Train).map(|(i, s)| json!({
@@ -747,7 +925,7 @@ pub fn markdown(report: &Value) -> String {
         let _ = writeln!(out, "\n### {title}\n");
         let _ = writeln!(
             out,
-            "| set | licence | n | harmful flagged | at risk routed to crisis | suspected or routed | benign flagged | benign routed to crisis |"
+            "| set | licence | n | harmful flagged | at risk routed to crisis | suspected or routed | benign flagged | not at risk, routed to crisis |"
         );
         let _ = writeln!(out, "|---|---|---:|---|---|---|---|---|");
         for s in report[key].as_array().into_iter().flatten() {
@@ -784,11 +962,11 @@ pub fn markdown(report: &Value) -> String {
 pub fn main(args: TrainArgs) -> ExitCode {
     match run(&args) {
         Ok(report) => {
-            if let Some(p) = &args.report {
-                if let Err(e) = std::fs::write(p, serde_json::to_string_pretty(&report).unwrap()) {
-                    eprintln!("error: {}: {e}", p.display());
-                    return ExitCode::FAILURE;
-                }
+            if let Some(p) = &args.report
+                && let Err(e) = std::fs::write(p, serde_json::to_string_pretty(&report).unwrap())
+            {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::FAILURE;
             }
             print!("{}", markdown(&report));
             eprintln!(

@@ -18,7 +18,7 @@ mod heads;
 mod tokenizer;
 
 pub use heads::{HEAD_COUNT, HEADS, Head, HeadParams, Heads, HeadsError, Knot, sigmoid};
-pub use tokenizer::{Scratch as TokenizerScratch, Tokenizer};
+pub use tokenizer::{Scratch as TokenizerScratch, Tokenizer, Words};
 
 use crate::domain::{Category, Scores};
 
@@ -28,6 +28,11 @@ pub const EMBEDDINGS_BYTES: &[u8] = include_bytes!("embeddings.bin");
 pub const VOCAB: &str = include_str!("vocab.txt");
 /// The trained heads and combiners, written by `threadwarden-lab train`.
 pub const HEADS_BYTES: &[u8] = include_bytes!("heads.bin");
+/// The heads' model card, written by `threadwarden-lab train` beside them.
+pub const HEADS_MANIFEST: &str = include_str!("heads.manifest.json");
+/// The manifest format this build reads.
+pub const MANIFEST_FORMAT: u64 = 1;
+
 /// Path of the heads file in the repository, relative to the workspace root.
 pub const HEADS_PATH: &str = "src/classify/semantic/heads.bin";
 
@@ -87,6 +92,17 @@ impl Embeddings {
     }
 }
 
+/// Most pieces a message vector is made of: the first and the last `MAX_PIECES / 2` (a long
+/// post's opening and its end; the encoder itself reads 128).
+pub const MAX_PIECES: usize = 256;
+
+/// Keeps the first and last `MAX_PIECES / 2` of `ids` (what the vector is made of).
+pub fn clip_pieces(ids: &mut Vec<u32>) {
+    if ids.len() > MAX_PIECES {
+        ids.drain(MAX_PIECES / 2..ids.len() - MAX_PIECES / 2);
+    }
+}
+
 /// The semantic tier: tokenizer, embeddings and (when trained) the heads.
 pub struct Semantic {
     tokenizer: Tokenizer,
@@ -105,6 +121,13 @@ impl Semantic {
     /// The embedded tokenizer and table with the embedded heads (none when the heads file is
     /// empty, as before the first `train`); panics only if the embedded data is broken.
     pub fn builtin() -> Semantic {
+        let manifest: serde_json::Value =
+            serde_json::from_str(HEADS_MANIFEST).expect("embedded heads.manifest.json is JSON");
+        assert_eq!(
+            manifest["format_version"].as_u64(),
+            Some(MANIFEST_FORMAT),
+            "heads.manifest.json: a format this build does not read"
+        );
         let heads = Heads::from_bytes(HEADS_BYTES).expect("embedded heads.bin is valid");
         Semantic::without_heads().with_heads(heads)
     }
@@ -136,16 +159,18 @@ impl Semantic {
     }
 
     /// The message vector of `text`: the mean of its tokens' rows, scaled to unit length
-    /// (zero for a text without tokens). Returns the number of tokens.
+    /// (zero for a text without tokens). Returns the vocabulary's coverage of the text.
     pub fn vector(
         &self,
         text: &str,
         scratch: &mut SemanticScratch,
         out: &mut [f32; DIMS],
-    ) -> usize {
+    ) -> Words {
         scratch.ids.clear();
-        self.tokenizer
+        let words = self
+            .tokenizer
             .encode(text, &mut scratch.tokenizer, &mut scratch.ids);
+        clip_pieces(&mut scratch.ids);
         *out = [0.0; DIMS];
         for &id in &scratch.ids {
             if (id as usize) < self.embeddings.rows() {
@@ -158,9 +183,28 @@ impl Semantic {
                 *x /= norm;
             }
         }
-        scratch.ids.len()
+        words
     }
 }
+
+/// Whether the combined score of `h` is floored at the rules' score.
+pub fn keeps_rules(h: Head) -> bool {
+    match h {
+        Head::AnyHarm => false,
+        Head::Category(c) => matches!(
+            c,
+            Category::ChildSexualExploitation
+                | Category::IndiscriminateWeapons
+                | Category::ViolentExtremism
+                | Category::SelfHarm
+                | Category::HarmToOthers
+        ),
+        Head::CrisisSelf | Head::CrisisOthers | Head::CrisisThirdParty => true,
+    }
+}
+
+/// Combined scores below this are reported as zero.
+pub const SCORE_FLOOR: f32 = 0.1;
 
 /// One semantic head's output for one message, for `threadwarden check`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -207,6 +251,21 @@ pub fn merge(
         if !params.adopted {
             continue;
         }
+        // Below the floor a calibrated score is noise: keeping it would list every category on
+        // every verdict and span.
+        let combined = if combined >= SCORE_FLOOR {
+            combined
+        } else {
+            0.0
+        };
+        // Where a miss costs a life or a severe harm, the tier may add but never take away
+        // what the rules found: crisis signals, self-harm and harm-to-others, the severe
+        // categories. Elsewhere the combiner may also overrule a rule's false positive.
+        let combined = if keeps_rules(h) {
+            combined.max(rule)
+        } else {
+            combined
+        };
         match h {
             Head::AnyHarm => {
                 any_flagged = params.knots.last().is_some_and(|k| combined >= k.score);

