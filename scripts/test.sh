@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh machine: installs what the tests need, builds the
+# Runs every test of the project on a fresh machine: installs what the tests need (Python
+# packages, redis-server from the OS packages), builds the
 # release binary (the polyglot client tests drive it), then the Rust suite, the supply-chain
 # checks, the API governance checks and the Node and Python client suites, and last the Python
 # sidecar and deployment tests. The output ends with pytest's own summary line.
@@ -11,6 +12,15 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r tests/python/requirements.txt
+
+step "redis-server for the shared-state tests (tests/redis.rs start their own on 127.0.0.1)"
+if ! command -v redis-server >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+redis-server --version
 
 step "Release build (protoc is vendored: no system protoc needed)"
 cargo build --release --locked

@@ -15,6 +15,7 @@ use crate::crisis::notifier::NotifierConfig;
 use crate::listener::ConnectionLimits;
 use crate::server::{App, ServeConfig, TlsFiles};
 use crate::state::StoreConfig;
+use crate::state::shared::{FailMode, SharedConfig};
 use crate::telemetry::decision_log::Sink;
 use crate::telemetry::{self, LogTarget, OtlpConfig};
 
@@ -168,6 +169,24 @@ pub struct ServeArgs {
     /// locale; never text.
     #[arg(long, env = "THREADWARDEN_CRISIS_WEBHOOK")]
     pub crisis_webhook: Option<String>,
+    /// Where thread state lives: `memory` (this process), or `redis://HOST:PORT[/DB]` /
+    /// `rediss://…` (TLS) to share it with every replica. The password comes from
+    /// --state-password-file or THREADWARDEN_STATE_PASSWORD, never from this URL in a manifest.
+    #[arg(long, env = "THREADWARDEN_STATE_BACKEND", default_value = "memory")]
+    pub state_backend: String,
+    /// With Redis, when it is down or slow: `open` decides from the local copy (verdicts say
+    /// degraded), `closed` answers UNAVAILABLE and health turns NOT_SERVING.
+    #[arg(long, env = "THREADWARDEN_STATE_FAIL", default_value = "open")]
+    pub state_fail: FailMode,
+    /// Deadline of one Redis operation; past it the event is decided as --state-fail says.
+    #[arg(long, env = "THREADWARDEN_STATE_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub state_timeout: Duration,
+    /// Redis connections (each multiplexes and pipelines every request sent on it).
+    #[arg(long, env = "THREADWARDEN_STATE_CONNECTIONS", default_value_t = 4)]
+    pub state_connections: usize,
+    /// File holding the Redis password (trailing newline ignored).
+    #[arg(long, env = "THREADWARDEN_STATE_PASSWORD_FILE")]
+    pub state_password_file: Option<PathBuf>,
     /// OTLP/gRPC collector endpoint for traces and metrics; nothing is exported when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -184,6 +203,37 @@ impl ServeArgs {
             "off" | "" => Sink::Off,
             path => Sink::File(PathBuf::from(path)),
         }
+    }
+
+    /// The shared state backend these flags describe (`None` for memory); the password from
+    /// the file or THREADWARDEN_STATE_PASSWORD.
+    pub fn state_backend(&self) -> Result<Option<SharedConfig>, String> {
+        let url = self.state_backend.trim();
+        if url == "memory" || url.is_empty() {
+            return Ok(None);
+        }
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(format!(
+                "--state-backend {:?}: expected memory, redis://HOST:PORT[/DB] or rediss://…",
+                crate::state::shared::redact(url)
+            ));
+        }
+        let password = match &self.state_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--state-password-file {}: {e}", path.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => std::env::var("THREADWARDEN_STATE_PASSWORD").ok(),
+        };
+        Ok(Some(SharedConfig {
+            password,
+            fail: self.state_fail,
+            timeout: self.state_timeout,
+            connections: self.state_connections,
+            ..SharedConfig::new(url)
+        }))
     }
 
     /// The server configuration these flags describe.
@@ -312,7 +362,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = args.to_config();
+    let mut config = args.to_config();
+    match args.state_backend() {
+        Ok(backend) => config.state_backend = backend,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     // The OTLP exporter's channel lives on the runtime: build telemetry inside it.
     let otlp = OtlpConfig {
         endpoint: args.otlp_endpoint.clone(),

@@ -25,6 +25,7 @@ use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::crisis::{Directory, DirectoryError};
 use crate::listener::{self, ConnectionLimits};
 use crate::policy::Policy;
+use crate::state::shared::{FailMode, SharedConfig, SharedStore};
 use crate::state::{SnapshotError, StoreConfig, ThreadStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::admin::{self, AdminState};
@@ -68,6 +69,9 @@ pub struct ServeConfig {
     pub crisis_webhook: Option<NotifierConfig>,
     /// Open connections and the handshake deadline.
     pub connection_limits: ConnectionLimits,
+    /// Thread state shared across replicas (Redis); in memory when absent. Its TTLs are the
+    /// store's.
+    pub state_backend: Option<SharedConfig>,
 }
 
 /// PEM files for TLS.
@@ -100,6 +104,7 @@ impl Default for ServeConfig {
             call_timeout: Duration::from_secs(10),
             crisis_webhook: None,
             connection_limits: ConnectionLimits::default(),
+            state_backend: None,
         }
     }
 }
@@ -134,6 +139,9 @@ pub enum ServerError {
     /// The crisis webhook URL is invalid (exit code 64).
     #[error(transparent)]
     Notifier(#[from] NotifierError),
+    /// The state backend URL or its password is invalid (exit code 64).
+    #[error("state backend: {0}")]
+    StateBackend(String),
 }
 
 impl ServerError {
@@ -147,6 +155,7 @@ impl ServerError {
                 | ServerError::Auth(_)
                 | ServerError::Tls(_)
                 | ServerError::Notifier(_)
+                | ServerError::StateBackend(_)
         )
     }
 }
@@ -209,6 +218,25 @@ impl App {
         let (decision_log, writer) =
             DecisionLog::start(&config.decision_log, config.metrics.clone())
                 .map_err(ServerError::DecisionLog)?;
+        let shared = match &config.state_backend {
+            Some(backend) => {
+                let backend = SharedConfig {
+                    idle_ttl: config.store.idle_ttl,
+                    locked_ttl: config.store.locked_ttl,
+                    ..backend.clone()
+                };
+                let shared = SharedStore::connect(backend, config.metrics.clone())
+                    .map_err(ServerError::StateBackend)?;
+                tracing::info!(
+                    backend = %crate::state::shared::redact(&shared.config().url),
+                    fail = ?shared.config().fail,
+                    timeout_ms = shared.config().timeout.as_millis() as u64,
+                    "thread state shared in Redis"
+                );
+                Some(Arc::new(shared))
+            }
+            None => None,
+        };
         let engine = Engine::new(
             store,
             Classifier::shared(),
@@ -221,6 +249,10 @@ impl App {
                 hash_seed: config.hash_seed,
             },
         );
+        let engine = match shared {
+            Some(shared) => engine.with_shared(shared),
+            None => engine,
+        };
         log_classifier_pages();
         Ok(App {
             engine: Arc::new(engine),
@@ -266,6 +298,7 @@ impl App {
         let store = engine.store().clone();
         let metrics = config.metrics.clone();
         let _sweeper = store.spawn_sweeper();
+        let _state_monitor = engine.shared().map(|s| s.spawn_monitor(store.clone()));
         let _reloader = config.policy_path.clone().map(|path| {
             AbortOnDrop(tokio::spawn(
                 Reloader::new(path, policy_tx.clone(), config.reload_poll)
@@ -376,6 +409,37 @@ impl App {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         ready.store(true, Ordering::Relaxed);
+        // Fail closed: not serving while Redis does not answer (every event would be refused).
+        let state_health = engine
+            .shared()
+            .filter(|s| s.config().fail == FailMode::Closed)
+            .map(|shared| {
+                let mut up = shared.reachable();
+                let health = health.clone();
+                let ready = ready.clone();
+                AbortOnDrop(tokio::spawn(async move {
+                    loop {
+                        let ok = *up.borrow_and_update();
+                        ready.store(ok, Ordering::Relaxed);
+                        let status = if ok {
+                            tonic_health::ServingStatus::Serving
+                        } else {
+                            tracing::warn!("Redis unreachable: NOT_SERVING (--state-fail closed)");
+                            tonic_health::ServingStatus::NotServing
+                        };
+                        health
+                            .set_service_status(
+                                <ModerationServiceServer<ModerationApi> as tonic::server::NamedService>::NAME,
+                                status,
+                            )
+                            .await;
+                        health.set_service_status("", status).await;
+                        if up.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }))
+            });
         tracing::info!(listen = %addr, policy_version = %engine.policy().version, "serving");
         if let Some((health_addr, _)) = &_health_only {
             tracing::info!(health = %health_addr, "health-only gRPC listener");
@@ -395,6 +459,7 @@ impl App {
             grace_ms = config.grace.as_millis() as u64,
             "shutting down: draining streams"
         );
+        drop(state_health);
         ready.store(false, Ordering::Relaxed);
         health
             .set_not_serving::<ModerationServiceServer<ModerationApi>>()

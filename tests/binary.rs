@@ -11,60 +11,6 @@ use threadwarden::api::pb;
 use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
 use tokio_stream::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
-
-/// Starts `serve` on an ephemeral port and returns the child and its address (read from the
-/// "serving" log line, so no port is guessed).
-// The caller owns the child and waits for it; a panic here fails the test anyway.
-#[allow(clippy::zombie_processes)]
-fn spawn_serve(extra: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn threadwarden");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the server logs that it is serving");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-        if v["message"] == "serving" {
-            let addr = v["listen"].as_str().unwrap().to_string();
-            return (child, addr, rx);
-        }
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_bad_config_exits_64_before_binding() {
     let dir = tempfile::tempdir().unwrap();

@@ -182,6 +182,7 @@ pub fn verdict_to_pb(v: &Verdict, d: &Dress<'_>) -> pb::Verdict {
         policy_version: d.policy.version.clone(),
         truncated: v.truncated,
         replayed: v.replayed,
+        degraded: false,
     }
 }
 

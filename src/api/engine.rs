@@ -14,8 +14,9 @@ use crate::api::convert::{Dress, verdict_to_pb};
 use crate::api::{EventError, pb, validate};
 use crate::classify::Classifier;
 use crate::crisis::Directory;
-use crate::domain::Scores;
+use crate::domain::{CrisisKind, Scores};
 use crate::policy::{self, Action, Event, EventKind, ForkError, Policy};
+use crate::state::shared::{Created, SharedStore};
 use crate::state::{ThreadKey, ThreadStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::decision_log::DecisionLog;
@@ -36,6 +37,56 @@ pub struct Decided {
     pub classify_time: Duration,
     /// Time from the start of validation to the encoded verdict.
     pub decide_time: Duration,
+}
+
+/// An event validated and classified, ready to be decided on its thread's state.
+struct Prepared<'e> {
+    started: Instant,
+    payload: &'e pb::conversation_event::Payload,
+    text: Option<&'e str>,
+    scores: Scores,
+    classify_time: Duration,
+    policy: Arc<Policy>,
+    key: ThreadKey,
+    event: Event<'e>,
+    now: u32,
+}
+
+/// What deciding did to the thread.
+struct Applied {
+    verdict: policy::Verdict,
+    /// The crisis the thread entered on this event, if it was not in one.
+    entered_crisis: Option<CrisisKind>,
+    /// The thread became crisis-suspected (without a crisis) on this event.
+    entered_suspicion: bool,
+}
+
+impl Prepared<'_> {
+    /// Decides the event on `state` (pure; the shared backend may run it more than once, on
+    /// newer states, until its write wins).
+    fn step(&self, state: &mut policy::ThreadState) -> Applied {
+        let before = state.crisis_kind();
+        let suspected_before = state.crisis_suspected();
+        let verdict = policy::decide(&self.policy, state, &self.event, &self.scores, self.now);
+        Applied {
+            verdict,
+            entered_crisis: before.is_none().then(|| state.crisis_kind()).flatten(),
+            entered_suspicion: !suspected_before
+                && state.crisis_suspected()
+                && state.crisis_kind().is_none(),
+        }
+    }
+}
+
+/// The branch a fork starts from, or the error that `after_turn` earns.
+fn branch_of(
+    parent: &policy::ThreadState,
+    after_turn: u32,
+) -> Result<policy::ThreadState, EventError> {
+    parent.fork(after_turn).map_err(|e| match e {
+        ForkError::FutureTurn { .. } => EventError::invalid("fork.after_turn", e.to_string()),
+        ForkError::TooOld { .. } => EventError::FailedPrecondition(format!("fork.after_turn: {e}")),
+    })
 }
 
 /// The engine's telemetry sinks.
@@ -70,6 +121,8 @@ pub struct Engine {
     directory: Arc<Directory>,
     classify_window: usize,
     sinks: Sinks,
+    /// Thread state shared with other replicas (Redis); `store` is then the local copy.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl Engine {
@@ -88,7 +141,14 @@ impl Engine {
             directory,
             classify_window: DEFAULT_CLASSIFY_WINDOW,
             sinks,
+            shared: None,
         }
+    }
+
+    /// Keeps thread state in the shared backend; the engine's own store becomes its local copy.
+    pub fn with_shared(mut self, shared: Arc<SharedStore>) -> Engine {
+        self.shared = Some(shared);
+        self
     }
 
     /// The metrics this engine records into.
@@ -122,6 +182,53 @@ impl Engine {
 
     fn decide_inner(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
         use pb::conversation_event::Payload;
+        let prep = self.prepare(event)?;
+        let step = |state: &mut policy::ThreadState| prep.step(state);
+        let applied = match prep.payload {
+            Payload::Fork(fork) => self.fork(prep.key, event, fork, step)?,
+            _ => self.store.with_thread(prep.key, step),
+        };
+        Ok(self.finish(event, prep, applied, false))
+    }
+
+    /// The shared state backend, when the engine has one.
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
+    }
+
+    /// Decides one event against the shared state backend (one compare-and-set on the
+    /// thread); `decide` when the engine has none.
+    pub async fn decide_shared(
+        &self,
+        event: &pb::ConversationEvent,
+    ) -> Result<Decided, EventError> {
+        let Some(shared) = self.shared.as_ref() else {
+            return self.decide(event);
+        };
+        self.counted(self.decide_shared_inner(shared, event).await)
+    }
+
+    async fn decide_shared_inner(
+        &self,
+        shared: &SharedStore,
+        event: &pb::ConversationEvent,
+    ) -> Result<Decided, EventError> {
+        use pb::conversation_event::Payload;
+        let prep = self.prepare(event)?;
+        let step = |state: &mut policy::ThreadState| prep.step(state);
+        let (applied, degraded) = match prep.payload {
+            Payload::Fork(fork) => {
+                self.fork_shared(shared, prep.key, event, fork, step)
+                    .await?
+            }
+            _ => shared.update(&self.store, prep.key, step).await?,
+        };
+        Ok(self.finish(event, prep, applied, degraded))
+    }
+
+    /// Validates and classifies an event: everything before the thread's state is touched.
+    fn prepare<'e>(&self, event: &'e pb::ConversationEvent) -> Result<Prepared<'e>, EventError> {
+        use pb::conversation_event::Payload;
         let started = Instant::now();
         let payload = validate::event(event)?;
         let (kind, text) = match payload {
@@ -148,34 +255,50 @@ impl Engine {
         };
         let classify_time = started.elapsed();
         validate::merge_signals(&mut scores, &event.signals);
-
-        let policy = self.policy();
         let key = ThreadKey::new(&event.tenant_id, &event.thread_id);
-        let domain_event = Event {
-            id: event_id_hash(&event.event_id),
-            model: &event.model,
-            rollout_hash: key.rollout_hash(),
-            kind,
-        };
-        let now = self.store.now();
-        let mut entered_crisis = None;
-        let mut entered_suspicion = false;
-        let decide = |state: &mut policy::ThreadState| {
-            let before = state.crisis_kind();
-            let suspected_before = state.crisis_suspected();
-            let verdict = policy::decide(&policy, state, &domain_event, &scores, now);
-            if before.is_none() {
-                entered_crisis = state.crisis_kind();
-            }
-            entered_suspicion =
-                !suspected_before && state.crisis_suspected() && state.crisis_kind().is_none();
-            verdict
-        };
-        let decision = match payload {
-            Payload::Fork(fork) => self.fork(key, event, fork, decide)?,
-            _ => self.store.with_thread(key, decide),
-        };
-        let verdict = verdict_to_pb(
+        Ok(Prepared {
+            started,
+            payload,
+            text,
+            scores,
+            classify_time,
+            policy: self.policy(),
+            key,
+            event: Event {
+                id: event_id_hash(&event.event_id),
+                model: &event.model,
+                rollout_hash: key.rollout_hash(),
+                kind,
+            },
+            now: self.store.now(),
+        })
+    }
+
+    /// Dresses, counts and logs a decision.
+    fn finish(
+        &self,
+        event: &pb::ConversationEvent,
+        prep: Prepared<'_>,
+        applied: Applied,
+        degraded: bool,
+    ) -> Decided {
+        use pb::conversation_event::Payload;
+        let Prepared {
+            started,
+            payload,
+            text,
+            scores,
+            classify_time,
+            policy,
+            key,
+            ..
+        } = prep;
+        let Applied {
+            verdict: decision,
+            entered_crisis,
+            entered_suspicion,
+        } = applied;
+        let mut verdict = verdict_to_pb(
             &decision,
             &Dress {
                 policy: &policy,
@@ -185,6 +308,7 @@ impl Engine {
                 scores: &scores,
             },
         );
+        verdict.degraded = degraded;
         let decide_time = started.elapsed();
         let m = &self.sinks.metrics;
         if text.is_some() {
@@ -217,15 +341,16 @@ impl Engine {
                 policy_version: policy.version.clone(),
             });
         }
-        self.log_decision(key, event, text, &decision, &scores, &policy);
-        Ok(Decided {
+        let decided = Decided {
             verdict,
             decision,
             scores,
             thread_key: key,
             classify_time,
             decide_time,
-        })
+        };
+        self.log_decision(event, text, &decided, &policy);
+        decided
     }
 
     fn fork(
@@ -233,8 +358,8 @@ impl Engine {
         key: ThreadKey,
         event: &pb::ConversationEvent,
         fork: &pb::ForkThread,
-        decide: impl FnOnce(&mut policy::ThreadState) -> policy::Verdict,
-    ) -> Result<policy::Verdict, EventError> {
+        decide: impl FnOnce(&mut policy::ThreadState) -> Applied,
+    ) -> Result<Applied, EventError> {
         let id = event_id_hash(&event.event_id);
         // A retried fork finds its own branch: answer it as a replay.
         let mut decide = Some(decide);
@@ -260,17 +385,53 @@ impl Engine {
                 fork.parent_thread_id
             ))
         })?;
-        let branch = parent.fork(fork.after_turn).map_err(|e| match e {
-            ForkError::FutureTurn { .. } => EventError::invalid("fork.after_turn", e.to_string()),
-            ForkError::TooOld { .. } => {
-                EventError::FailedPrecondition(format!("fork.after_turn: {e}"))
-            }
-        })?;
+        let branch = branch_of(&parent, fork.after_turn)?;
         self.store
             .insert_new(key, branch, decide.take().expect("not yet called"))
             .map_err(|_| {
                 EventError::AlreadyExists(format!("thread_id {:?} already exists", event.thread_id))
             })
+    }
+
+    /// `fork` against the shared state: the parent may have been written by any replica.
+    async fn fork_shared(
+        &self,
+        shared: &SharedStore,
+        key: ThreadKey,
+        event: &pb::ConversationEvent,
+        fork: &pb::ForkThread,
+        decide: impl Fn(&mut policy::ThreadState) -> Applied,
+    ) -> Result<(Applied, bool), EventError> {
+        let id = event_id_hash(&event.event_id);
+        let exists = |thread_id: &str| {
+            EventError::AlreadyExists(format!(
+                "thread_id {thread_id:?} already exists; a fork must name a new branch"
+            ))
+        };
+        // A retried fork finds its own branch: answer it as a replay.
+        if let (Some(branch), _) = shared.read(&self.store, key).await? {
+            return if branch.has_event(id) {
+                shared.update(&self.store, key, decide).await
+            } else {
+                Err(exists(&event.thread_id))
+            };
+        }
+        let parent_key = ThreadKey::new(&event.tenant_id, &fork.parent_thread_id);
+        let (parent, _) = shared.read(&self.store, parent_key).await?;
+        let parent = parent.ok_or_else(|| {
+            EventError::NotFound(format!(
+                "fork.parent_thread_id {:?} is not a known thread",
+                fork.parent_thread_id
+            ))
+        })?;
+        let branch = branch_of(&parent, fork.after_turn)?;
+        match shared.create(&self.store, key, branch, &decide).await? {
+            Created::Done(applied, degraded) => Ok((applied, degraded)),
+            Created::Exists(state) if state.has_event(id) => {
+                shared.update(&self.store, key, decide).await
+            }
+            Created::Exists(_) => Err(exists(&event.thread_id)),
+        }
     }
 
     /// The summary of a known thread.
@@ -285,6 +446,48 @@ impl Engine {
     /// Records feedback on a known thread.
     pub fn feedback(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
         self.counted(self.feedback_inner(req))
+    }
+
+    /// `thread`, reading the shared backend when there is one.
+    pub async fn thread_shared(
+        &self,
+        tenant_id: &str,
+        thread_id: &str,
+    ) -> Result<pb::ThreadSummary, EventError> {
+        let Some(shared) = self.shared.as_ref() else {
+            return self.thread(tenant_id, thread_id);
+        };
+        let result = async {
+            validate::thread_ref(tenant_id, thread_id)?;
+            let key = ThreadKey::new(tenant_id, thread_id);
+            let (state, _) = shared.read(&self.store, key).await?;
+            let state = state.ok_or_else(|| {
+                EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread"))
+            })?;
+            Ok(crate::api::convert::summary_to_pb(&state.summary()))
+        }
+        .await;
+        self.counted(result)
+    }
+
+    /// `feedback`, reading the shared backend when there is one.
+    pub async fn feedback_shared(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
+        let Some(shared) = self.shared.as_ref() else {
+            return self.feedback(req);
+        };
+        let result = async {
+            validate::feedback(req)?;
+            let key = ThreadKey::new(&req.tenant_id, &req.thread_id);
+            match shared.read(&self.store, key).await? {
+                (Some(_), _) => self.feedback_inner(req),
+                (None, _) => Err(EventError::NotFound(format!(
+                    "thread_id {:?} is not a known thread",
+                    req.thread_id
+                ))),
+            }
+        }
+        .await;
+        self.counted(result)
     }
 
     fn counted<T>(&self, result: Result<T, EventError>) -> Result<T, EventError> {
@@ -345,13 +548,13 @@ impl Engine {
 
     fn log_decision(
         &self,
-        key: ThreadKey,
         event: &pb::ConversationEvent,
         text: Option<&str>,
-        v: &policy::Verdict,
-        scores: &Scores,
+        decided: &Decided,
         policy: &Policy,
     ) {
+        let (key, v, scores) = (decided.thread_key, &decided.decision, &decided.scores);
+        let degraded = decided.verdict.degraded;
         let notable = (v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded)
             || v.warning
             || v.crisis.is_some()
@@ -381,6 +584,7 @@ impl Engine {
             "turn": v.summary.turn,
             "harmful_turns": v.summary.harmful_turns,
             "policy_version": policy.version,
+            "degraded": degraded,
         });
         if let Some(t) = text.filter(|_| policy.log_content) {
             record["text"] = json!(t);

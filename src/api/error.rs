@@ -23,6 +23,9 @@ pub enum EventError {
     /// The caller may not touch this tenant's threads.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The shared state store cannot answer (`--state-fail closed`); retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl EventError {
@@ -42,6 +45,7 @@ impl EventError {
             EventError::FailedPrecondition(_) => "FAILED_PRECONDITION",
             EventError::AlreadyExists(_) => "ALREADY_EXISTS",
             EventError::PermissionDenied(_) => "PERMISSION_DENIED",
+            EventError::Unavailable(_) => "UNAVAILABLE",
         }
     }
 }
@@ -64,6 +68,7 @@ impl From<EventError> for tonic::Status {
             EventError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             EventError::AlreadyExists(_) => tonic::Status::already_exists(message),
             EventError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            EventError::Unavailable(_) => tonic::Status::unavailable(message),
         }
     }
 }

@@ -56,15 +56,11 @@ impl CallTrace {
     }
 }
 
-/// Decides one event inside its own span: joined to the event's (or the call's) trace, with the
-/// decision as attributes and never any text.
-fn decide_traced(
-    engine: &Engine,
-    event: &pb::ConversationEvent,
-    call: &CallTrace,
-) -> Result<Decided, EventError> {
+/// The span of one event's decision, when per-event spans are on: joined to the event's (or
+/// the call's) trace, with the decision recorded as attributes (`record_decision`), never text.
+fn event_span(event: &pb::ConversationEvent, call: &CallTrace) -> Option<tracing::Span> {
     if !telemetry::event_spans() {
-        return engine.decide(event);
+        return None;
     }
     let span = tracing::info_span!(
         target: EVENT_TARGET,
@@ -76,6 +72,7 @@ fn decide_traced(
         verdict.enforced = Empty,
         verdict.shadow_action = Empty,
         verdict.warning = Empty,
+        verdict.degraded = Empty,
         verdict.categories = Empty,
         crisis.kind = Empty,
         decision.latency_us = Empty,
@@ -84,7 +81,7 @@ fn decide_traced(
         error.code = Empty,
     );
     if span.is_disabled() {
-        return engine.decide(event);
+        return None;
     }
     let (parent, state) = if event.traceparent.is_empty() {
         (call.traceparent.as_str(), call.tracestate.as_str())
@@ -94,9 +91,11 @@ fn decide_traced(
     if !parent.is_empty() {
         let _ = span.set_parent(telemetry::extract_context(parent, state));
     }
-    let _enter = span.enter();
-    let result = engine.decide(event);
-    match &result {
+    Some(span)
+}
+
+fn record_decision(span: &tracing::Span, engine: &Engine, result: &Result<Decided, EventError>) {
+    match result {
         Ok(d) => {
             let v = &d.decision;
             let categories: Vec<&str> = crate::domain::Category::ALL
@@ -110,6 +109,7 @@ fn decide_traced(
             span.record("verdict.enforced", v.enforced);
             span.record("verdict.shadow_action", v.shadow_action.name());
             span.record("verdict.warning", v.warning);
+            span.record("verdict.degraded", d.verdict.degraded);
             span.record("verdict.categories", categories.join(",").as_str());
             span.record("crisis.kind", v.crisis.map(|k| k.name()).unwrap_or("none"));
             span.record("decision.latency_us", d.decide_time.as_secs_f64() * 1e6);
@@ -123,6 +123,34 @@ fn decide_traced(
             span.record("error.code", e.code());
         }
     }
+}
+
+/// Decides one event (memory backend) inside its span.
+fn decide_traced(
+    engine: &Engine,
+    event: &pb::ConversationEvent,
+    call: &CallTrace,
+) -> Result<Decided, EventError> {
+    let Some(span) = event_span(event, call) else {
+        return engine.decide(event);
+    };
+    let result = span.in_scope(|| engine.decide(event));
+    record_decision(&span, engine, &result);
+    result
+}
+
+/// Decides one event against the shared state backend inside its span.
+async fn decide_shared_traced(
+    engine: &Engine,
+    event: &pb::ConversationEvent,
+    call: &CallTrace,
+) -> Result<Decided, EventError> {
+    use tracing::Instrument;
+    let Some(span) = event_span(event, call) else {
+        return engine.decide_shared(event).await;
+    };
+    let result = engine.decide_shared(event).instrument(span.clone()).await;
+    record_decision(&span, engine, &result);
     result
 }
 
@@ -197,27 +225,24 @@ fn tenant_denied(engine: &Engine, tenant: &str) -> EventError {
     ))
 }
 
-/// Decides one stream request; a bad event becomes an `EventError` for that event alone.
-fn respond(
-    engine: &Engine,
-    req: pb::ModerateRequest,
-    call: &CallTrace,
-    principal: &Principal,
+/// The answer to a request with no event.
+fn missing_event(engine: &Engine) -> pb::ModerateResponse {
+    engine.metrics().error("INVALID_ARGUMENT");
+    pb::ModerateResponse {
+        event_id: String::new(),
+        thread_id: String::new(),
+        result: Some(pb::moderate_response::Result::Error(pb::EventError {
+            code: "INVALID_ARGUMENT".into(),
+            message: "event: required".into(),
+        })),
+    }
+}
+
+fn answer(
+    event: pb::ConversationEvent,
+    decided: Result<Decided, EventError>,
 ) -> pb::ModerateResponse {
     use pb::moderate_response::Result as R;
-    let Some(event) = req.event else {
-        engine.metrics().error("INVALID_ARGUMENT");
-        return pb::ModerateResponse {
-            event_id: String::new(),
-            thread_id: String::new(),
-            result: Some(R::Error(pb::EventError {
-                code: "INVALID_ARGUMENT".into(),
-                message: "event: required".into(),
-            })),
-        };
-    };
-    let decided = check_tenant(engine, principal, &event.tenant_id)
-        .and_then(|()| decide_traced(engine, &event, call));
     let result = match decided {
         Ok(decided) => R::Verdict(decided.verdict),
         Err(e) => R::Error((&e).into()),
@@ -227,6 +252,39 @@ fn respond(
         thread_id: event.thread_id,
         result: Some(result),
     }
+}
+
+/// Decides one stream request; a bad event becomes an `EventError` for that event alone.
+fn respond(
+    engine: &Engine,
+    req: pb::ModerateRequest,
+    call: &CallTrace,
+    principal: &Principal,
+) -> pb::ModerateResponse {
+    let Some(event) = req.event else {
+        return missing_event(engine);
+    };
+    let decided = check_tenant(engine, principal, &event.tenant_id)
+        .and_then(|()| decide_traced(engine, &event, call));
+    answer(event, decided)
+}
+
+/// `respond` against the shared state backend: the stream waits for it, one event at a time,
+/// so answers keep the requests' order.
+async fn respond_shared(
+    engine: Arc<Engine>,
+    req: pb::ModerateRequest,
+    call: CallTrace,
+    principal: Principal,
+) -> pb::ModerateResponse {
+    let Some(event) = req.event else {
+        return missing_event(&engine);
+    };
+    let decided = match check_tenant(&engine, &principal, &event.tenant_id) {
+        Ok(()) => decide_shared_traced(&engine, &event, &call).await,
+        Err(e) => Err(e),
+    };
+    answer(event, decided)
 }
 
 /// How a `Moderate` stream stands with its client, shared with its watchdog and its waker.
@@ -321,6 +379,8 @@ struct Moderation {
     drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     shared: Arc<StreamShared>,
     done: bool,
+    /// The event being decided against the shared state backend, if one is.
+    pending: Option<Pin<Box<dyn Future<Output = pb::ModerateResponse> + Send>>>,
 }
 
 type Answer = Result<pb::ModerateResponse, Status>;
@@ -378,9 +438,36 @@ impl Stream for Moderation {
         }
         let p = this.shared.progress.load(Ordering::Relaxed);
         this.shared.progress.store((p | 1) + 1, Ordering::Release);
+        if let Some(pending) = this.pending.as_mut() {
+            let Poll::Ready(answer) = pending.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            this.pending = None;
+            this.shared.mark_pending_work();
+            return Poll::Ready(Some(Ok(answer)));
+        }
         this.shared.inbound_waker.register(cx.waker());
         let mut inbound_cx = Context::from_waker(&this.inbound_waker);
         match Pin::new(&mut this.inbound).poll_next(&mut inbound_cx) {
+            Poll::Ready(Some(Ok(req))) if this.engine.shared().is_some() => {
+                this.drain_timer = None;
+                let mut pending = Box::pin(respond_shared(
+                    this.engine.clone(),
+                    req,
+                    this.call.clone(),
+                    this.principal.clone(),
+                ));
+                match pending.as_mut().poll(cx) {
+                    Poll::Ready(answer) => {
+                        this.shared.mark_pending_work();
+                        Poll::Ready(Some(Ok(answer)))
+                    }
+                    Poll::Pending => {
+                        this.pending = Some(pending);
+                        Poll::Pending
+                    }
+                }
+            }
             Poll::Ready(Some(Ok(req))) => {
                 this.drain_timer = None;
                 let answer = respond(&this.engine, req, &this.call, &this.principal);
@@ -448,6 +535,7 @@ impl ModerationService for ModerationApi {
             drain_timer: None,
             shared,
             done: false,
+            pending: None,
         })))
     }
 
@@ -462,7 +550,11 @@ impl ModerationService for ModerationApi {
             Status::invalid_argument("event: required")
         })?;
         check_tenant(&self.engine, &principal, &event.tenant_id)?;
-        let decided = decide_traced(&self.engine, &event, &call)?;
+        let decided = if self.engine.shared().is_some() {
+            decide_shared_traced(&self.engine, &event, &call).await?
+        } else {
+            decide_traced(&self.engine, &event, &call)?
+        };
         Ok(Response::new(pb::EvaluateResponse {
             verdict: Some(decided.verdict),
         }))
@@ -475,7 +567,10 @@ impl ModerationService for ModerationApi {
         let principal = principal(&request);
         let req = request.into_inner();
         check_tenant(&self.engine, &principal, &req.tenant_id)?;
-        let thread = self.engine.thread(&req.tenant_id, &req.thread_id)?;
+        let thread = self
+            .engine
+            .thread_shared(&req.tenant_id, &req.thread_id)
+            .await?;
         Ok(Response::new(pb::GetThreadResponse {
             thread: Some(thread),
         }))
@@ -488,7 +583,7 @@ impl ModerationService for ModerationApi {
         let principal = principal(&request);
         let req = request.into_inner();
         check_tenant(&self.engine, &principal, &req.tenant_id)?;
-        self.engine.feedback(&req)?;
+        self.engine.feedback_shared(&req).await?;
         Ok(Response::new(pb::SubmitFeedbackResponse {}))
     }
 }

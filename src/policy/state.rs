@@ -235,6 +235,17 @@ impl ThreadState {
         }
     }
 
+    /// Takes on `other`'s locks (END and the crisis flags), which are sticky: what the shared
+    /// backend writes back after an outage, so that no replica's lock is lost. Returns true if
+    /// anything changed.
+    pub fn absorb_locks(&mut self, other: &ThreadState) -> bool {
+        const LOCKS: u16 =
+            Flags::ENDED | Flags::CRISIS_SELF | Flags::CRISIS_OTHERS | Flags::CRISIS_SUSPECTED;
+        let before = self.flags;
+        self.flags.set(other.flags.0 & LOCKS);
+        self.flags != before
+    }
+
     /// True if this event id was decided recently on the thread.
     pub fn has_event(&self, id: u64) -> bool {
         self.recall(id).is_some()

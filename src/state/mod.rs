@@ -5,6 +5,7 @@
 //! every access is a closure run under the shard lock, which is why a sync lock is right here
 //! (as mini-redis argues for its `Db`).
 
+pub mod shared;
 mod snapshot;
 
 use std::hash::{BuildHasherDefault, Hasher};
@@ -197,6 +198,14 @@ impl ThreadStore {
         f: impl FnOnce(&mut ThreadState) -> R,
     ) -> Option<R> {
         self.shared.map.get_mut(&key).map(|mut s| f(&mut s))
+    }
+
+    /// Sets the thread's state, creating it if absent (the shared backend's local copy).
+    pub fn put(&self, key: ThreadKey, mut state: ThreadState) {
+        state.last_active = self.now();
+        if self.shared.map.insert(key, state).is_none() {
+            self.after_insert();
+        }
     }
 
     /// A copy of the thread's state, if it exists.

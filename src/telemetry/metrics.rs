@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::domain::CrisisKind;
 use crate::policy::{Action, Reason};
+use crate::state::shared::Cause;
 
 const ACTIONS: [Action; 3] = Action::ALL;
 const REASONS: [Reason; 10] = Reason::ALL;
@@ -19,7 +20,7 @@ const CRISIS: [CrisisKind; 3] = CrisisKind::ALL;
 /// Event kinds, as labelled.
 pub const EVENT_KINDS: [&str; 4] = ["user_message", "assistant_message", "fork", "confirm_end"];
 /// Error codes, as labelled (`EventError::code` plus transport-level ones).
-pub const ERROR_CODES: [&str; 8] = [
+pub const ERROR_CODES: [&str; 9] = [
     "INVALID_ARGUMENT",
     "NOT_FOUND",
     "FAILED_PRECONDITION",
@@ -28,6 +29,7 @@ pub const ERROR_CODES: [&str; 8] = [
     "UNAUTHENTICATED",
     "RESOURCE_EXHAUSTED",
     "DEADLINE_EXCEEDED",
+    "UNAVAILABLE",
 ];
 const RATINGS: [&str; 2] = ["thumbs_up", "thumbs_down"];
 const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"];
@@ -135,6 +137,87 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     notifications: [AtomicU64; 4],
     connections_rejected: [AtomicU64; 2],
+    /// The shared state backend (Redis); zero with the memory backend.
+    pub backend: BackendMetrics,
+}
+
+/// The shared state backend's instruments (`--state-backend redis://…`).
+pub struct BackendMetrics {
+    /// Time of one Redis operation (a compare-and-set, a read, a ping).
+    pub latency: Histogram,
+    conflicts: AtomicU64,
+    degraded: AtomicU64,
+    errors: [AtomicU64; Cause::ALL.len()],
+    written_back: AtomicU64,
+    cached_ended: AtomicU64,
+    /// 1 while Redis answers, 0 while it does not, -1 with the memory backend.
+    up: AtomicI64,
+}
+
+/// The backend's counter names.
+pub const BACKEND_COUNTER_NAMES: [&str; 5] = [
+    "threadwarden_state_conflicts_total",
+    "threadwarden_state_degraded_total",
+    "threadwarden_state_errors_total",
+    "threadwarden_state_written_back_total",
+    "threadwarden_state_cached_ended_total",
+];
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        BackendMetrics {
+            latency: Histogram::default(),
+            conflicts: AtomicU64::new(0),
+            degraded: AtomicU64::new(0),
+            errors: Default::default(),
+            written_back: AtomicU64::new(0),
+            cached_ended: AtomicU64::new(0),
+            up: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl BackendMetrics {
+    /// A compare-and-set lost to another writer; the event is decided again.
+    pub fn conflict(&self) {
+        self.conflicts.fetch_add(1, Relaxed);
+    }
+    /// A verdict (or read) served from the local copy because Redis was away.
+    pub fn degraded(&self) {
+        self.degraded.fetch_add(1, Relaxed);
+    }
+    /// An operation that failed, by cause.
+    pub fn error(&self, cause: Cause) {
+        let i = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+    /// A lock learned while Redis was away, written back.
+    pub fn written_back(&self) {
+        self.written_back.fetch_add(1, Relaxed);
+    }
+    /// An event on an ENDed thread answered from the local copy.
+    pub fn cached_ended(&self) {
+        self.cached_ended.fetch_add(1, Relaxed);
+    }
+    /// Whether Redis answered the latest check.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(i64::from(up), Relaxed);
+    }
+
+    fn counters(&self, f: &mut impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
+        let [conflicts, degraded, errors, written_back, cached_ended] = BACKEND_COUNTER_NAMES;
+        f(conflicts, vec![], self.conflicts.load(Relaxed));
+        f(degraded, vec![], self.degraded.load(Relaxed));
+        for (i, c) in Cause::ALL.iter().enumerate() {
+            f(
+                errors,
+                vec![("cause", c.name())],
+                self.errors[i].load(Relaxed),
+            );
+        }
+        f(written_back, vec![], self.written_back.load(Relaxed));
+        f(cached_ended, vec![], self.cached_ended.load(Relaxed));
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -364,10 +447,15 @@ impl Metrics {
                 self.notifications[i].load(Relaxed),
             );
         }
+        self.backend.counters(&mut f);
     }
 
     /// Visits every gauge sample as (metric, value).
     pub fn gauges(&self, mut f: impl FnMut(&'static str, f64)) {
+        f(
+            "threadwarden_state_backend_up",
+            self.backend.up.load(Relaxed) as f64,
+        );
         f(
             "threadwarden_active_threads",
             self.active_threads.load(Relaxed) as f64,
@@ -413,6 +501,11 @@ impl Metrics {
             "threadwarden_classification_duration_seconds",
             "Time to classify one message.",
         );
+        self.backend.latency.render(
+            &mut out,
+            "threadwarden_state_backend_duration_seconds",
+            "Time of one shared-state (Redis) operation.",
+        );
         let _ = writeln!(
             out,
             "# HELP threadwarden_build_info Build information.\n# TYPE threadwarden_build_info gauge\nthreadwarden_build_info{{version=\"{}\"}} 1",
@@ -447,6 +540,22 @@ fn help(name: &str) -> &'static str {
         "threadwarden_crisis_notifications_total" => {
             "Crisis webhook notices, by result (sent, retried, failed, dropped)."
         }
+        "threadwarden_state_conflicts_total" => {
+            "Compare-and-set conflicts on the shared state: events decided again."
+        }
+        "threadwarden_state_degraded_total" => {
+            "Events and reads served from the local copy because Redis was away (fail open)."
+        }
+        "threadwarden_state_errors_total" => "Shared-state operations that failed, by cause.",
+        "threadwarden_state_written_back_total" => {
+            "Locks learned while Redis was away, written back when it returned."
+        }
+        "threadwarden_state_cached_ended_total" => {
+            "Events on ENDed threads answered without a round trip to Redis."
+        }
+        "threadwarden_state_backend_up" => {
+            "1 while the shared state store answers, 0 while not, -1 for the memory backend."
+        }
         "threadwarden_active_threads" => "Threads held in memory.",
         "threadwarden_open_streams" => "Open Moderate streams.",
         "threadwarden_snapshot_age_seconds" => {
@@ -473,7 +582,12 @@ mod tests {
             crisis: Some(CrisisKind::ThirdParty),
             replayed: false,
         });
-        m.counters(|name, _, _| assert!(COUNTER_NAMES.contains(&name), "{name}"));
+        m.counters(|name, _, _| {
+            assert!(
+                COUNTER_NAMES.contains(&name) || BACKEND_COUNTER_NAMES.contains(&name),
+                "{name}"
+            )
+        });
     }
 
     #[test]

@@ -194,7 +194,10 @@ fn register_observables(provider: &opentelemetry_sdk::metrics::SdkMeterProvider,
     use opentelemetry::KeyValue;
     use opentelemetry::metrics::MeterProvider as _;
     let meter = provider.meter("threadwarden");
-    for name in metrics::COUNTER_NAMES {
+    for name in metrics::COUNTER_NAMES
+        .into_iter()
+        .chain(metrics::BACKEND_COUNTER_NAMES)
+    {
         let m = m.clone();
         let otel_name = name.trim_end_matches("_total");
         let _counter = meter

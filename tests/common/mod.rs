@@ -1,7 +1,10 @@
 //! Shared helpers: a real server on 127.0.0.1:0 stopped by a oneshot, and event builders.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use threadwarden::api::pb;
 use threadwarden::api::pb::conversation_event::Payload;
@@ -168,4 +171,58 @@ pub async fn evaluate(
         .into_inner()
         .verdict
         .expect("verdict")
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_threadwarden");
+
+/// Starts `serve` on an ephemeral port and returns the child and its address (read from the
+/// "serving" log line, so no port is guessed).
+// The caller owns the child and waits for it; a panic here fails the test anyway.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_serve(extra: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn threadwarden");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs that it is serving");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if v["message"] == "serving" {
+            let addr = v["listen"].as_str().unwrap().to_string();
+            return (child, addr, rx);
+        }
+    }
+}
+
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -89,8 +89,9 @@ def strategic(base, patch):
     return patch
 
 
-def test_example_overlay_builds_into_valid_manifests():
-    overlay = DEPLOY / "kubernetes" / "overlays" / "example"
+def build_overlay(name):
+    """The overlay's resources, patched and validated; returns them by (kind, name)."""
+    overlay = DEPLOY / "kubernetes" / "overlays" / name
     k = kustomization(overlay)
     docs = {(d["kind"], d["metadata"]["name"]): d for d in base_resources()}
     for res in k["resources"]:
@@ -106,12 +107,29 @@ def test_example_overlay_builds_into_valid_manifests():
     for doc in docs.values():
         doc.setdefault("metadata", {})["namespace"] = k["namespace"]
         validate(doc)
+    return docs
+
+
+def test_example_overlay_builds_into_valid_manifests():
+    docs = build_overlay("example")
     dep = docs[("Deployment", "chat-server")]
     tw = sidecar(dep)
     assert any(a.startswith("--state-file=/var/lib/threadwarden/") for a in tw["args"])
     assert {m["name"] for m in tw["volumeMounts"]} == {"policy", "state"}
     policy = yaml.safe_load(docs[("ConfigMap", "threadwarden-policy")]["data"]["policy.yaml"])
     assert policy["mode"] == "shadow"
+
+
+def test_redis_overlay_points_every_replica_at_one_redis_without_a_password_in_the_spec():
+    docs = build_overlay("redis")
+    dep = docs[("Deployment", "chat-server")]
+    assert dep["spec"]["replicas"] > 1
+    env = {e["name"]: e for e in sidecar(dep)["env"]}
+    assert env["THREADWARDEN_STATE_BACKEND"]["value"].startswith("redis://")
+    assert "@" not in env["THREADWARDEN_STATE_BACKEND"]["value"], "no credentials in the URL"
+    assert env["THREADWARDEN_STATE_FAIL"]["value"] in ("open", "closed")
+    assert "secretKeyRef" in env["THREADWARDEN_STATE_PASSWORD"]["valueFrom"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env, "the base's env is kept"
 
 
 def test_collector_config_pipelines_only_use_defined_components():

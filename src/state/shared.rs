@@ -1,0 +1,658 @@
+//! The shared state backend (`--state-backend redis://…`): every thread's `ThreadState` in
+//! Redis, so that the sidecars of many replicas count one thread together.
+//!
+//! Each event is a compare-and-set on its thread: the state is decided with the pure
+//! `policy::decide` from a version of the value, and written only if Redis still holds that
+//! version (one Lua script, atomic on the server); on a conflict the script returns the newer
+//! value and the event is decided again from it. The value is `version (8 bytes) ‖ postcard
+//! state`: counters, flags and the replay ring of event-id hashes, never text, and the key is a
+//! hash of (tenant, thread), never the raw ids.
+//!
+//! The local `ThreadStore` keeps a copy of each thread this replica has decided, with the
+//! version it was written at (a hint, kept in a small table). A thread whose events keep
+//! reaching the same replica costs one round trip per event; one that moves costs two. The
+//! hint is never trusted for correctness: Redis checks the version. An ENDed thread is locked
+//! for good, so a replica that has seen the END answers `ALREADY_ENDED` without asking.
+//!
+//! When Redis is down or slower than the operation timeout, `--state-fail open` decides from
+//! the local copy and marks the verdict degraded; ENDs and crisis locks learned that way are
+//! written back (merged, by CAS, never overwriting newer state) when Redis answers again.
+//! `--state-fail closed` answers `UNAVAILABLE` instead.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, Value};
+use tokio::sync::watch;
+
+use super::{ThreadKey, ThreadStore};
+use crate::api::EventError;
+use crate::policy::ThreadState;
+use crate::telemetry::Metrics;
+
+/// What to do when Redis cannot answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    /// Decide from the local copy; the verdict says `degraded`.
+    Open,
+    /// Answer `UNAVAILABLE`; health reports NOT_SERVING while Redis is unreachable.
+    Closed,
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            other => Err(format!("{other:?}: expected open or closed")),
+        }
+    }
+}
+
+/// How to reach Redis, and how long to wait for it.
+#[derive(Clone)]
+pub struct SharedConfig {
+    /// `redis://HOST:PORT[/DB]` or `rediss://…` (TLS).
+    pub url: String,
+    /// Password (from a file or the environment; never the command line).
+    pub password: Option<String>,
+    pub fail: FailMode,
+    /// Deadline of one Redis operation; past it the event is decided as `fail` says.
+    pub timeout: Duration,
+    /// Multiplexed connections (each pipelines every request sent on it).
+    pub connections: usize,
+    /// Expiry of an ordinary thread's key.
+    pub idle_ttl: Duration,
+    /// Expiry of an ENDed or crisis thread's key.
+    pub locked_ttl: Duration,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("url", &redact(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("fail", &self.fail)
+            .field("timeout", &self.timeout)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without any user:password part.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl SharedConfig {
+    /// Defaults for `url`: fail open, 50 ms per operation, 4 connections, the store's TTLs.
+    pub fn new(url: impl Into<String>) -> SharedConfig {
+        SharedConfig {
+            url: url.into(),
+            password: None,
+            fail: FailMode::Open,
+            timeout: Duration::from_millis(50),
+            connections: 4,
+            idle_ttl: Duration::from_secs(24 * 3600),
+            locked_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Why Redis did not answer, as counted (`threadwarden_state_errors_total{cause}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Timeout,
+    Connection,
+    Server,
+    Decode,
+    Conflicts,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 5] = [
+        Cause::Timeout,
+        Cause::Connection,
+        Cause::Server,
+        Cause::Decode,
+        Cause::Conflicts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Timeout => "timeout",
+            Cause::Connection => "connection",
+            Cause::Server => "server",
+            Cause::Decode => "decode",
+            Cause::Conflicts => "conflicts",
+        }
+    }
+}
+
+impl From<redis::RedisError> for Cause {
+    fn from(e: redis::RedisError) -> Cause {
+        if e.is_timeout() {
+            Cause::Timeout
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            Cause::Connection
+        } else {
+            Cause::Server
+        }
+    }
+}
+
+/// Compare-and-set: write `ARGV[2]` (expiring in `ARGV[3]` ms) if the value's version prefix is
+/// `ARGV[1]` ('' for "absent"). Returns 1 when written, else the current value (nil if absent).
+const CAS: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
+elseif ARGV[1] ~= '' then
+  return false
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Re-decisions of one event before the backend counts as unavailable for it.
+const MAX_ATTEMPTS: usize = 16;
+/// Slots of the version-hint table (a power of two).
+const HINT_SLOTS: usize = 1 << 16;
+/// How often the background task checks Redis (and writes back locks learned while degraded).
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+enum Cas {
+    Written(u64),
+    Conflict(Option<(u64, ThreadState)>),
+}
+
+/// What `create` found.
+pub enum Created<T> {
+    /// The state was created; `f`'s result, and whether it was decided from the local copy.
+    Done(T, bool),
+    /// The key already holds this state.
+    Exists(ThreadState),
+}
+
+/// The Redis backend. Cheap to share as `Arc<SharedStore>`.
+pub struct SharedStore {
+    conns: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    cas: redis::Script,
+    config: SharedConfig,
+    /// (key tag, version) per slot; a wrong hint costs a round trip, never a wrong state.
+    hints: Box<[(AtomicU64, AtomicU64)]>,
+    /// Threads with a lock (END, crisis) learned while Redis was away, to write back.
+    dirty: Mutex<HashSet<ThreadKey>>,
+    up: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+}
+
+impl SharedStore {
+    /// Connects lazily (the first operation dials): a sidecar starts even while Redis is down.
+    pub fn connect(config: SharedConfig, metrics: Arc<Metrics>) -> Result<SharedStore, String> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
+        if let Some(p) = &config.password {
+            let settings = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info)
+            .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conns = (0..config.connections.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
+        let hints = (0..HINT_SLOTS)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect();
+        Ok(SharedStore {
+            conns,
+            next: AtomicUsize::new(0),
+            cas: redis::Script::new(CAS),
+            config,
+            hints,
+            dirty: Mutex::new(HashSet::new()),
+            up: watch::Sender::new(true),
+            metrics,
+        })
+    }
+
+    /// The configuration (for logging: `Debug` redacts the password).
+    pub fn config(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    /// True while Redis answers; changes are published (health in `closed` mode follows it).
+    pub fn reachable(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
+    /// Threads whose locks wait to be written back.
+    pub fn pending_writebacks(&self) -> usize {
+        self.dirty.lock().expect("dirty set").len()
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    fn slot(&self, key: ThreadKey) -> &(AtomicU64, AtomicU64) {
+        let k = key.to_u128();
+        &self.hints[(k as usize) & (HINT_SLOTS - 1)]
+    }
+
+    fn hint(&self, key: ThreadKey) -> Option<u64> {
+        let (tag, version) = self.slot(key);
+        let v = version.load(Ordering::Acquire);
+        (tag.load(Ordering::Acquire) == (key.to_u128() >> 64) as u64 && v != 0).then_some(v)
+    }
+
+    fn set_hint(&self, key: ThreadKey, v: u64) {
+        let (tag, version) = self.slot(key);
+        tag.store((key.to_u128() >> 64) as u64, Ordering::Release);
+        version.store(v, Ordering::Release);
+    }
+
+    fn clear_hint(&self, key: ThreadKey) {
+        self.slot(key).1.store(0, Ordering::Release);
+    }
+
+    /// Runs one Redis operation under the deadline, timing it.
+    async fn op<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Cause> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.config.timeout, fut).await;
+        self.metrics.backend.latency.observe(started.elapsed());
+        match result {
+            Err(_) => Err(Cause::Timeout),
+            Ok(Err(e)) => Err(Cause::from(e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn ttl_ms(&self, state: &ThreadState) -> u64 {
+        let ttl = if state.ended() || state.crisis_suspected() {
+            self.config.locked_ttl.max(self.config.idle_ttl)
+        } else {
+            self.config.idle_ttl
+        };
+        (ttl.as_millis() as u64).max(1)
+    }
+
+    /// One compare-and-set. A dropped connection is retried once on another: safe, because
+    /// if the first attempt did write, the retry finds the new version, conflicts, and the
+    /// event is decided again on the state that holds it (the replay ring answers it).
+    async fn cas(
+        &self,
+        key: ThreadKey,
+        expected: Option<u64>,
+        state: &ThreadState,
+    ) -> Result<Cas, Cause> {
+        let version = fresh_version();
+        let value = encode(version, state)?;
+        let expected = expected
+            .map(|v| v.to_le_bytes().to_vec())
+            .unwrap_or_default();
+        let mut call = self.cas.key(redis_key(key));
+        call.arg(expected).arg(value).arg(self.ttl_ms(state));
+        let mut reply = Err(Cause::Connection);
+        for _ in 0..2 {
+            let mut con = self.conn();
+            reply = self.op(call.invoke_async::<Value>(&mut con)).await;
+            if reply != Err(Cause::Connection) {
+                break;
+            }
+        }
+        match reply? {
+            Value::Int(1) => Ok(Cas::Written(version)),
+            Value::BulkString(bytes) => Ok(Cas::Conflict(Some(decode(&bytes)?))),
+            Value::Nil => Ok(Cas::Conflict(None)),
+            _ => Err(Cause::Server),
+        }
+    }
+
+    async fn read_raw(&self, key: ThreadKey) -> Result<Option<(u64, ThreadState)>, Cause> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(redis_key(key));
+        let mut reply = Err(Cause::Connection);
+        for _ in 0..2 {
+            let mut con = self.conn();
+            reply = self.op(cmd.query_async::<Option<Vec<u8>>>(&mut con)).await;
+            if reply != Err(Cause::Connection) {
+                break;
+            }
+        }
+        reply?.map(|b| decode(&b)).transpose()
+    }
+
+    /// `Err` in `closed` mode, after counting the cause; `Ok` means "decide locally".
+    fn fail(&self, cause: Cause) -> Result<(), EventError> {
+        self.metrics.backend.error(cause);
+        if cause != Cause::Conflicts {
+            self.up.send_if_modified(|up| std::mem::replace(up, false));
+        }
+        match self.config.fail {
+            FailMode::Open => {
+                self.metrics.backend.degraded();
+                Ok(())
+            }
+            FailMode::Closed => Err(EventError::Unavailable(format!(
+                "the shared thread state (Redis) is unavailable ({}): retry",
+                cause.name()
+            ))),
+        }
+    }
+
+    /// Decides on the thread's state by compare-and-set: runs `f` on a copy of the newest
+    /// version and writes the result only if no other writer came between (else runs `f`
+    /// again on the newer state). Returns `f`'s result and whether it was decided from the
+    /// local copy because Redis was away (`open` mode).
+    pub async fn update<T>(
+        &self,
+        local: &ThreadStore,
+        key: ThreadKey,
+        mut f: impl FnMut(&mut ThreadState) -> T,
+    ) -> Result<(T, bool), EventError> {
+        // An END is for good: answer from the local copy without a round trip.
+        let mut ended = None;
+        local.with_existing(key, |s| {
+            if s.ended() {
+                ended = Some(f(s));
+            }
+        });
+        if let Some(out) = ended {
+            self.metrics.backend.cached_ended();
+            return Ok((out, false));
+        }
+        let (mut base, mut expected) = match (self.hint(key), local.get(key)) {
+            (Some(v), Some(s)) => (s, Some(v)),
+            _ => (ThreadState::default(), None),
+        };
+        let mut cause = Cause::Conflicts;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                self.metrics.backend.conflict();
+            }
+            let mut next = base.clone();
+            let out = f(&mut next);
+            match self.cas(key, expected, &next).await {
+                Ok(Cas::Written(version)) => {
+                    local.put(key, next);
+                    self.set_hint(key, version);
+                    self.up.send_if_modified(|up| !std::mem::replace(up, true));
+                    return Ok((out, false));
+                }
+                Ok(Cas::Conflict(Some((version, state)))) => {
+                    base = state;
+                    expected = Some(version);
+                }
+                Ok(Cas::Conflict(None)) => {
+                    base = ThreadState::default();
+                    expected = None;
+                }
+                Err(c) => {
+                    cause = c;
+                    break;
+                }
+            }
+        }
+        self.clear_hint(key);
+        self.fail(cause)?;
+        let out = local.with_thread(key, |s| {
+            let out = f(s);
+            if s.ended() || s.crisis_suspected() {
+                self.dirty.lock().expect("dirty set").insert(key);
+            }
+            out
+        });
+        Ok((out, true))
+    }
+
+    /// Creates a thread (a fork's branch) unless its key exists; runs `f` on the new state.
+    pub async fn create<T>(
+        &self,
+        local: &ThreadStore,
+        key: ThreadKey,
+        branch: ThreadState,
+        f: impl FnOnce(&mut ThreadState) -> T,
+    ) -> Result<Created<T>, EventError> {
+        let mut next = branch.clone();
+        let out = f(&mut next);
+        match self.cas(key, None, &next).await {
+            Ok(Cas::Written(version)) => {
+                local.put(key, next);
+                self.set_hint(key, version);
+                Ok(Created::Done(out, false))
+            }
+            Ok(Cas::Conflict(Some((_, state)))) => Ok(Created::Exists(state)),
+            // Gone between the check and the write (expired): create it again from scratch.
+            Ok(Cas::Conflict(None)) => Err(EventError::Unavailable(
+                "the shared thread state changed during the fork: retry".into(),
+            )),
+            Err(cause) => {
+                self.fail(cause)?;
+                if next.ended() || next.crisis_suspected() {
+                    self.dirty.lock().expect("dirty set").insert(key);
+                }
+                match local.insert_new(key, next.clone(), |_| ()) {
+                    Ok(()) => Ok(Created::Done(out, true)),
+                    Err(_) => Ok(Created::Exists(local.get(key).unwrap_or(next))),
+                }
+            }
+        }
+    }
+
+    /// The thread's state as Redis holds it (the local copy when Redis is away, `open` mode),
+    /// and whether it came from the local copy.
+    pub async fn read(
+        &self,
+        local: &ThreadStore,
+        key: ThreadKey,
+    ) -> Result<(Option<ThreadState>, bool), EventError> {
+        match self.read_raw(key).await {
+            Ok(found) => Ok((
+                found.map(|(version, state)| {
+                    local.put(key, state.clone());
+                    self.set_hint(key, version);
+                    state
+                }),
+                false,
+            )),
+            Err(cause) => {
+                self.fail(cause)?;
+                Ok((local.get(key), true))
+            }
+        }
+    }
+
+    /// Pings Redis on every connection (which also makes a broken one reconnect): true if
+    /// all answered in time.
+    pub async fn ping(&self) -> bool {
+        let mut ok = true;
+        for con in &self.conns {
+            let mut con = con.clone();
+            ok &= self
+                .op(redis::cmd("PING").query_async::<String>(&mut con))
+                .await
+                .is_ok();
+        }
+        self.up
+            .send_if_modified(|up| std::mem::replace(up, ok) != ok);
+        self.metrics.backend.set_up(ok);
+        ok
+    }
+
+    /// Writes back the locks learned while Redis was away: for each such thread, the newest
+    /// state in Redis takes on the local END and crisis flags (a CAS, so newer state is kept
+    /// and only gains locks); an absent key gets the local state whole. Returns how many
+    /// threads were written back; stops at the first Redis error.
+    pub async fn write_back(&self, local: &ThreadStore) -> usize {
+        let keys: Vec<ThreadKey> = self
+            .dirty
+            .lock()
+            .expect("dirty set")
+            .iter()
+            .copied()
+            .collect();
+        let mut written = 0;
+        for key in keys {
+            let Some(mine) = local.get(key) else {
+                self.dirty.lock().expect("dirty set").remove(&key);
+                continue;
+            };
+            let mut done = false;
+            for _ in 0..MAX_ATTEMPTS {
+                let current = match self.read_raw(key).await {
+                    Ok(c) => c,
+                    Err(_) => return written,
+                };
+                let (mut merged, expected) = match current {
+                    Some((version, state)) => (state, Some(version)),
+                    None => (mine.clone(), None),
+                };
+                if !merged.absorb_locks(&mine) && expected.is_some() {
+                    done = true;
+                    break;
+                }
+                match self.cas(key, expected, &merged).await {
+                    Ok(Cas::Written(version)) => {
+                        local.put(key, merged);
+                        self.set_hint(key, version);
+                        self.metrics.backend.written_back();
+                        written += 1;
+                        done = true;
+                        break;
+                    }
+                    Ok(Cas::Conflict(_)) => continue,
+                    Err(_) => return written,
+                }
+            }
+            if done {
+                self.dirty.lock().expect("dirty set").remove(&key);
+            }
+        }
+        written
+    }
+
+    /// Checks Redis every 250 ms, publishes whether it answers, and writes back pending locks
+    /// when it does. Stops when the guard is dropped.
+    pub fn spawn_monitor(self: &Arc<Self>, local: ThreadStore) -> MonitorGuard {
+        let this = self.clone();
+        MonitorGuard(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if this.ping().await && this.pending_writebacks() > 0 {
+                    let n = this.write_back(&local).await;
+                    if n > 0 {
+                        tracing::info!(
+                            threads = n,
+                            "locks learned while Redis was away written back"
+                        );
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Stops the monitor task when dropped.
+pub struct MonitorGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for MonitorGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The thread's Redis key: its 128-bit hash in a hash tag, so that every key of one thread
+/// (today one) maps to one Cluster slot.
+pub fn redis_key(key: ThreadKey) -> String {
+    format!("tw:{{{:032x}}}", key.to_u128())
+}
+
+fn fresh_version() -> u64 {
+    fastrand::u64(1..)
+}
+
+fn encode(version: u64, state: &ThreadState) -> Result<Vec<u8>, Cause> {
+    let mut state = state.clone();
+    // The replica's own clock; meaningless elsewhere.
+    state.last_active = 0;
+    let buf = version.to_le_bytes().to_vec();
+    postcard::to_extend(&state, buf).map_err(|_| Cause::Decode)
+}
+
+fn decode(bytes: &[u8]) -> Result<(u64, ThreadState), Cause> {
+    if bytes.len() < 8 {
+        return Err(Cause::Decode);
+    }
+    let version = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let state = postcard::from_bytes(&bytes[8..]).map_err(|_| Cause::Decode)?;
+    Ok((version, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_without_the_local_clock() {
+        let mut s = ThreadState::default();
+        s.turn = 7;
+        s.last_active = 1234;
+        s.flags.set(crate::policy::Flags::ENDED);
+        let bytes = encode(42, &s).unwrap();
+        let (v, back) = decode(&bytes).unwrap();
+        assert_eq!(v, 42);
+        assert_eq!(back.turn, 7);
+        assert!(back.ended());
+        assert_eq!(back.last_active, 0);
+        assert_eq!(decode(&bytes[..5]).unwrap_err(), Cause::Decode);
+    }
+
+    #[test]
+    fn keys_are_hash_tagged_hashes() {
+        let k = ThreadKey::new("tenant", "thread-1");
+        let key = redis_key(k);
+        assert!(key.starts_with("tw:{") && key.ends_with('}'), "{key}");
+        assert!(!key.contains("thread-1") && !key.contains("tenant"));
+        assert_eq!(key.len(), 4 + 32 + 1);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@10.0.0.1:6379/2"),
+            "redis://<redacted>@10.0.0.1:6379/2"
+        );
+        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        let c = SharedConfig {
+            password: Some("hunter2".into()),
+            ..SharedConfig::new("rediss://a:hunter2@h:1")
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

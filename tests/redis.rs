@@ -1,0 +1,671 @@
+//! The shared state backend against a real `redis-server` (installed by scripts/test.sh from
+//! the OS packages, started here on 127.0.0.1 on a free port, with AOF): two sidecar processes
+//! sharing one Redis, concurrent writers, a replica killed with SIGKILL, Redis restarted in
+//! both failure modes, a fork across replicas, and what Redis holds (no text, no raw ids).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use threadwarden::api::pb;
+use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+/// A `redis-server` on 127.0.0.1, persisting with AOF (fsync on every write) in its own dir.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port and directory: the AOF is replayed.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it: apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.connection().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(self.url())?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    /// SIGKILL: no shutdown save; only what the AOF holds survives.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A sidecar process; SIGKILLed when dropped.
+struct Sidecar {
+    child: Child,
+    addr: String,
+}
+
+impl Sidecar {
+    fn start(redis: &Redis, extra: &[&str]) -> Sidecar {
+        let url = redis.url();
+        let mut args = vec!["--state-backend", url.as_str(), "--decision-log", "off"];
+        if !extra.contains(&"--state-timeout") {
+            // Generous: these tests check agreement, not the deadline (a loaded CI machine).
+            args.extend_from_slice(&["--state-timeout", "5s"]);
+        }
+        args.extend_from_slice(extra);
+        let (child, addr, _) = spawn_serve(&args);
+        Sidecar { child, addr }
+    }
+
+    async fn client(&self) -> ModerationServiceClient<Channel> {
+        ModerationServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn summary(
+    client: &mut ModerationServiceClient<Channel>,
+    thread: &str,
+) -> Result<pb::ThreadSummary, tonic::Status> {
+    Ok(client
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: thread.into(),
+        })
+        .await?
+        .into_inner()
+        .thread
+        .unwrap())
+}
+
+/// A persistent severe conversation: the user asks four times, the assistant refuses each time,
+/// then the user writes again after the END.
+fn persistent_severe(thread: &str) -> Vec<pb::ConversationEvent> {
+    let mut events = Vec::new();
+    for i in 0..4 {
+        events.push(labelled(
+            format!("{thread}-u{i}"),
+            thread,
+            pb::Category::IndiscriminateWeapons,
+            0.95,
+        ));
+        if i < 3 {
+            events.push(assistant(format!("{thread}-a{i}"), thread, true, false));
+        }
+    }
+    events.push(user(
+        format!("{thread}-after"),
+        thread,
+        "ok, something else then",
+    ));
+    events
+}
+
+type Seen = (pb::Action, pb::Reason, bool, u32, u32, bool);
+
+fn seen(v: &pb::Verdict) -> Seen {
+    let t = v.thread.unwrap();
+    (
+        action(v),
+        reason(v),
+        v.redirect.as_ref().is_some_and(|r| r.warning),
+        t.turn,
+        t.harmful_turns,
+        t.ended,
+    )
+}
+
+#[tokio::test]
+async fn two_sidecars_sharing_redis_decide_as_one_sidecar() {
+    // The reference: one sidecar, in memory.
+    let single = start().await;
+    let mut one = single.client().await;
+    let mut want = Vec::new();
+    for e in persistent_severe("severe") {
+        want.push(seen(&evaluate(&mut one, e).await));
+    }
+    single.shutdown().await;
+    assert!(
+        want.iter()
+            .any(|s| s.0 == pb::Action::End && s.1 == pb::Reason::PersistentHarm),
+        "the script ends: {want:?}"
+    );
+
+    let redis = Redis::start();
+    let a = Sidecar::start(&redis, &[]);
+    let b = Sidecar::start(&redis, &[]);
+    let mut clients = [a.client().await, b.client().await];
+    let mut got = Vec::new();
+    for (i, e) in persistent_severe("severe").into_iter().enumerate() {
+        let v = evaluate(&mut clients[i % 2], e).await;
+        assert!(!v.degraded, "Redis answered: nothing is degraded");
+        got.push(seen(&v));
+    }
+    assert_eq!(
+        got, want,
+        "alternating between two replicas changes nothing"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        let v = evaluate(c, user(format!("late-{i}"), "severe", "hello again")).await;
+        assert_eq!(
+            (action(&v), reason(&v)),
+            (pb::Action::End, pb::Reason::AlreadyEnded),
+            "replica {i}"
+        );
+        assert!(summary(c, "severe").await.unwrap().ended);
+    }
+    // A retry of the END event on the other replica is the same END, counted once.
+    let end_event = persistent_severe("severe").swap_remove(6);
+    let v = evaluate(&mut clients[1], end_event).await;
+    assert!(v.replayed && action(&v) == pb::Action::End);
+    assert_eq!(reason(&v), pb::Reason::PersistentHarm);
+}
+
+#[tokio::test]
+async fn concurrent_writers_on_two_sidecars_lose_no_update() {
+    const THREADS: usize = 200;
+    const EVENTS: usize = 50;
+    const HARMFUL_FROM: usize = 150;
+    let redis = Redis::start();
+    let a = Sidecar::start(&redis, &[]);
+    let b = Sidecar::start(&redis, &[]);
+    // Four streams, two on each sidecar; event j of thread t goes to stream (t + j) % 4, so
+    // every thread is written by all four at once.
+    let mut per_stream: Vec<Vec<pb::ModerateRequest>> = vec![Vec::new(); 4];
+    for j in 0..EVENTS {
+        for t in 0..THREADS {
+            let thread = format!("t{t}");
+            let e = if t >= HARMFUL_FROM {
+                labelled(
+                    format!("{thread}-{j}"),
+                    &thread,
+                    pb::Category::IndiscriminateWeapons,
+                    0.95,
+                )
+            } else {
+                user(format!("{thread}-{j}"), &thread, "thanks, that helps")
+            };
+            per_stream[(t + j) % 4].push(pb::ModerateRequest { event: Some(e) });
+        }
+    }
+    let mut tasks = Vec::new();
+    for (s, requests) in per_stream.into_iter().enumerate() {
+        let mut client = if s % 2 == 0 {
+            a.client().await
+        } else {
+            b.client().await
+        };
+        tasks.push(tokio::spawn(async move {
+            let sent: Vec<String> = requests
+                .iter()
+                .map(|r| r.event.as_ref().unwrap().event_id.clone())
+                .collect();
+            let stream = tokio_stream::iter(requests);
+            let mut responses = client.moderate(stream).await.unwrap().into_inner();
+            let mut got = Vec::new();
+            while let Some(r) = responses.next().await {
+                got.push(r.unwrap());
+            }
+            let ids: Vec<String> = got.iter().map(|r| r.event_id.clone()).collect();
+            assert_eq!(ids, sent, "exactly one answer per event, in order");
+            got
+        }));
+    }
+    let mut by_thread: HashMap<String, Vec<pb::Verdict>> = HashMap::new();
+    for task in tasks {
+        for r in task.await.unwrap() {
+            let Some(pb::moderate_response::Result::Verdict(v)) = r.result else {
+                panic!("an error: {r:?}");
+            };
+            assert!(!v.degraded);
+            by_thread.entry(r.thread_id).or_default().push(v);
+        }
+    }
+    assert_eq!(by_thread.len(), THREADS);
+    for t in 0..THREADS {
+        let thread = format!("t{t}");
+        let verdicts = &by_thread[&thread];
+        assert_eq!(verdicts.len(), EVENTS);
+        if t < HARMFUL_FROM {
+            // Each write saw the one before it: the turns are 1..=50, each once.
+            let turns: BTreeSet<u32> = verdicts.iter().map(|v| v.thread.unwrap().turn).collect();
+            assert_eq!(
+                turns,
+                (1..=EVENTS as u32).collect(),
+                "{thread}: a lost update"
+            );
+        } else {
+            let decided: Vec<&pb::Verdict> = verdicts
+                .iter()
+                .filter(|v| reason(v) != pb::Reason::AlreadyEnded)
+                .collect();
+            let turns: BTreeSet<u32> = decided.iter().map(|v| v.thread.unwrap().turn).collect();
+            assert_eq!(turns, (1..=4).collect(), "{thread}: {decided:?}");
+            let ends: Vec<u32> = decided
+                .iter()
+                .filter(|v| action(v) == pb::Action::End)
+                .map(|v| v.thread.unwrap().turn)
+                .collect();
+            let warnings: Vec<u32> = decided
+                .iter()
+                .filter(|v| v.redirect.as_ref().is_some_and(|r| r.warning))
+                .map(|v| v.thread.unwrap().turn)
+                .collect();
+            assert_eq!(ends, vec![4], "{thread}: one END");
+            assert_eq!(
+                warnings,
+                vec![3],
+                "{thread}: the warning comes before the END"
+            );
+        }
+    }
+    let mut c = b.client().await;
+    let s = summary(&mut c, "t0").await.unwrap();
+    assert_eq!(s.turn, EVENTS as u32);
+    let s = summary(&mut c, &format!("t{HARMFUL_FROM}")).await.unwrap();
+    assert!(s.ended && s.harmful_turns == 4, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_stream_loses_no_end_or_crisis_lock() {
+    let redis = Redis::start();
+    let mut a = Sidecar::start(&redis, &[]);
+    let b = Sidecar::start(&redis, &[]);
+    let mut ca = a.client().await;
+    let (tx, mut responses) = open_stream(&mut ca, 64).await;
+    for t in 0..10 {
+        for e in persistent_severe(&format!("end-{t}")) {
+            tx.send(pb::ModerateRequest { event: Some(e) })
+                .await
+                .unwrap();
+        }
+        let crisis = labelled(
+            format!("crisis-{t}-0"),
+            &format!("crisis-{t}"),
+            pb::Category::SelfHarm,
+            0.9,
+        );
+        tx.send(pb::ModerateRequest {
+            event: Some(crisis),
+        })
+        .await
+        .unwrap();
+    }
+    // Every event above is answered (so decided and written), then A dies mid-stream.
+    for _ in 0..10 * 9 {
+        responses.next().await.unwrap().unwrap();
+    }
+    tx.send(pb::ModerateRequest {
+        event: Some(user("in-flight", "end-0", "still there?")),
+    })
+    .await
+    .unwrap();
+    a.kill();
+    drop(tx);
+
+    let mut cb = b.client().await;
+    for t in 0..10 {
+        let s = summary(&mut cb, &format!("end-{t}")).await.unwrap();
+        assert!(s.ended, "end-{t}: {s:?}");
+        let v = evaluate(&mut cb, user(format!("b-{t}"), &format!("end-{t}"), "hi")).await;
+        assert_eq!(reason(&v), pb::Reason::AlreadyEnded);
+        let s = summary(&mut cb, &format!("crisis-{t}")).await.unwrap();
+        assert!(s.crisis_active && !s.ended, "crisis-{t}: {s:?}");
+        let v = evaluate(
+            &mut cb,
+            assistant(format!("b-end-{t}"), &format!("crisis-{t}"), true, true),
+        )
+        .await;
+        assert_ne!(action(&v), pb::Action::End);
+        assert_eq!(v.end_denied_detail, "CRISIS_ACTIVE");
+    }
+}
+
+/// Reads one counter (summed over its labels, or the one series matching `label`) from a
+/// sidecar's /metrics.
+fn metric(admin: &str, name: &str, label: &str) -> f64 {
+    let body = http_get(admin, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fail_open_keeps_deciding_through_a_redis_restart_and_writes_locks_back() {
+    let mut redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut a = Sidecar::start(
+        &redis,
+        &["--state-timeout", "200ms", "--admin-listen", &admin],
+    );
+    let mut ca = a.client().await;
+    for e in persistent_severe("before") {
+        evaluate(&mut ca, e).await;
+    }
+    // A second thread, two harmful turns in, known to Redis.
+    for i in 0..2 {
+        let v = evaluate(
+            &mut ca,
+            labelled(
+                format!("mid-{i}"),
+                "mid",
+                pb::Category::IndiscriminateWeapons,
+                0.95,
+            ),
+        )
+        .await;
+        assert!(!v.degraded);
+    }
+
+    redis.kill();
+    // During the outage: verdicts keep flowing, marked degraded, from the local copy.
+    let (tx, mut responses) = open_stream(&mut ca, 16).await;
+    for i in 2..4 {
+        tx.send(pb::ModerateRequest {
+            event: Some(labelled(
+                format!("mid-{i}"),
+                "mid",
+                pb::Category::IndiscriminateWeapons,
+                0.95,
+            )),
+        })
+        .await
+        .unwrap();
+    }
+    tx.send(pb::ModerateRequest {
+        event: Some(labelled(
+            "out-c",
+            "outage-crisis",
+            pb::Category::SelfHarm,
+            0.9,
+        )),
+    })
+    .await
+    .unwrap();
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        let r = responses.next().await.unwrap().unwrap();
+        let Some(pb::moderate_response::Result::Verdict(v)) = r.result else {
+            panic!("fail open answers verdicts: {r:?}");
+        };
+        assert!(v.degraded, "{v:?}");
+        during.push(v);
+    }
+    assert_eq!(
+        (action(&during[1]), reason(&during[1])),
+        (pb::Action::End, pb::Reason::PersistentHarm),
+        "the local copy still counts: the END is decided during the outage"
+    );
+    assert!(during[2].crisis.is_some());
+    assert!(metric(&admin, "threadwarden_state_degraded_total", "") >= 3.0);
+    assert!(metric(&admin, "threadwarden_state_errors_total", "") >= 3.0);
+
+    redis.restart();
+    wait_for(
+        "the locks are written back",
+        Duration::from_secs(20),
+        async || metric(&admin, "threadwarden_state_written_back_total", "") >= 2.0,
+    )
+    .await;
+    // The same stream goes on, no longer degraded.
+    tx.send(pb::ModerateRequest {
+        event: Some(user("after-1", "fresh", "hello")),
+    })
+    .await
+    .unwrap();
+    let r = responses.next().await.unwrap().unwrap();
+    let Some(pb::moderate_response::Result::Verdict(v)) = r.result else {
+        panic!("{r:?}");
+    };
+    assert!(!v.degraded);
+
+    // A replica that never saw the outage sees every lock: the END from before (AOF), and
+    // the END and the crisis decided while Redis was away.
+    a.kill();
+    let b = Sidecar::start(&redis, &[]);
+    let mut cb = b.client().await;
+    assert!(summary(&mut cb, "before").await.unwrap().ended);
+    assert!(summary(&mut cb, "mid").await.unwrap().ended);
+    assert!(
+        summary(&mut cb, "outage-crisis")
+            .await
+            .unwrap()
+            .crisis_active
+    );
+}
+
+#[tokio::test]
+async fn fail_closed_answers_unavailable_and_the_stream_survives() {
+    let mut redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let a = Sidecar::start(
+        &redis,
+        &[
+            "--state-fail",
+            "closed",
+            "--state-timeout",
+            "200ms",
+            "--admin-listen",
+            &admin,
+        ],
+    );
+    let mut ca = a.client().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{}", a.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = async |h: &mut tonic_health::pb::health_client::HealthClient<Channel>| {
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let (tx, mut responses) = open_stream(&mut ca, 16).await;
+    let mut next = async |id: &str| {
+        tx.send(pb::ModerateRequest {
+            event: Some(user(id, "closed", "hello")),
+        })
+        .await
+        .unwrap();
+        responses.next().await.unwrap().unwrap()
+    };
+    let r = next("c-1").await;
+    assert!(matches!(
+        r.result,
+        Some(pb::moderate_response::Result::Verdict(_))
+    ));
+    assert_eq!(status(&mut health).await, serving);
+
+    redis.kill();
+    let r = next("c-2").await;
+    let Some(pb::moderate_response::Result::Error(e)) = r.result else {
+        panic!("fail closed answers an error: {r:?}");
+    };
+    assert_eq!(e.code, "UNAVAILABLE", "{e:?}");
+    assert_eq!(r.event_id, "c-2");
+    wait_for(
+        "health turns NOT_SERVING",
+        Duration::from_secs(10),
+        async || status(&mut health).await != serving,
+    )
+    .await;
+    assert!(metric(&admin, "threadwarden_errors_total", "UNAVAILABLE") >= 1.0);
+
+    redis.restart();
+    wait_for("health serves again", Duration::from_secs(20), async || {
+        status(&mut health).await == serving
+    })
+    .await;
+    // The same stream: the event that failed can be sent again, and is decided.
+    let r = next("c-2").await;
+    let Some(pb::moderate_response::Result::Verdict(v)) = r.result else {
+        panic!("{r:?}");
+    };
+    assert!(!v.degraded);
+    assert_eq!(v.thread.unwrap().turn, 2);
+}
+
+#[tokio::test]
+async fn a_fork_is_taken_on_one_replica_from_a_parent_ended_on_the_other() {
+    let redis = Redis::start();
+    let a = Sidecar::start(&redis, &[]);
+    let b = Sidecar::start(&redis, &[]);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for e in persistent_severe("parent") {
+        evaluate(&mut ca, e).await;
+    }
+    assert!(summary(&mut ca, "parent").await.unwrap().ended);
+    let v = evaluate(&mut cb, fork("f1", "branch", "parent", 1)).await;
+    assert_ne!(action(&v), pb::Action::End, "{v:?}");
+    let s = v.thread.unwrap();
+    assert!(!s.ended && s.turn == 1, "{s:?}");
+    // The branch is shared too, and a retried fork is the same fork.
+    let v = evaluate(&mut ca, user("f-u", "branch", "a different question")).await;
+    assert_eq!(v.thread.unwrap().turn, 2);
+    let v = evaluate(&mut ca, fork("f1", "branch", "parent", 1)).await;
+    assert!(v.replayed);
+    let err = ca
+        .evaluate(pb::EvaluateRequest {
+            event: Some(fork("f2", "branch", "parent", 1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    // The parent stays ended everywhere.
+    assert!(summary(&mut cb, "parent").await.unwrap().ended);
+}
+
+#[tokio::test]
+async fn redis_holds_no_text_and_no_raw_thread_id() {
+    const CANARY: &str = "CANARY-5e1f0c-never-stored";
+    const THREAD: &str = "raw-thread-id-canary-77";
+    let redis = Redis::start();
+    let a = Sidecar::start(&redis, &[]);
+    let mut ca = a.client().await;
+    let mut events = vec![
+        user("p1", THREAD, &format!("hello {CANARY}")),
+        assistant("p2", THREAD, false, false),
+        labelled("p3", THREAD, pb::Category::Abuse, 0.9),
+        fork("p4", &format!("{THREAD}-branch"), THREAD, 1),
+    ];
+    events[1].payload = Some(pb::conversation_event::Payload::AssistantMessage(
+        pb::AssistantMessage {
+            text: format!("assistant says {CANARY}"),
+            refused: false,
+            end_conversation_requested: false,
+        },
+    ));
+    for e in events {
+        evaluate(&mut ca, e).await;
+    }
+    let mut con = redis.connection().unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert_eq!(keys.len(), 2, "one key per thread");
+    let needles = [CANARY.as_bytes(), THREAD.as_bytes(), b"tenant-a"];
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query(&mut con).unwrap();
+        let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+        for hay in [&key, &dump, &value] {
+            for needle in needles {
+                assert!(
+                    !hay.windows(needle.len()).any(|w| w == needle),
+                    "{:?} found in {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(hay)
+                );
+            }
+        }
+        assert!(
+            value.len() < 512,
+            "a thread is small: {} bytes",
+            value.len()
+        );
+    }
+}
