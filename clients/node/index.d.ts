@@ -132,6 +132,8 @@ export interface Verdict {
   truncated: boolean;
   replayed: boolean;
   endDeniedDetail: string;
+  /** Decided from the sidecar's local copy because the shared state store did not answer. */
+  degraded: boolean;
 }
 
 export interface EventError {

@@ -129,6 +129,15 @@ pub struct LoadgenArgs {
     /// `--sidecar-arg=--huge-pages=false`.
     #[arg(long = "sidecar-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub sidecar_args: Vec<String>,
+    /// Make the baseline the sidecar too, started with these flags instead of the echo server
+    /// (repeat it; the report still calls it "echo"): `--sidecar-arg=--state-backend=redis://…
+    /// --baseline-sidecar-arg=--state-backend=memory` measures what Redis adds.
+    #[arg(
+        long = "baseline-sidecar-arg",
+        value_name = "FLAG",
+        allow_hyphen_values = true
+    )]
+    pub baseline_sidecar_args: Vec<String>,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
@@ -604,6 +613,7 @@ async fn run_scenario(
 /// The extra flags each kind of child server is started with.
 fn server_flags(args: &LoadgenArgs, kind: Kind) -> Vec<String> {
     match kind {
+        Kind::Echo if !args.baseline_sidecar_args.is_empty() => args.baseline_sidecar_args.clone(),
         Kind::Echo => vec!["--tcp-nodelay".into(), args.echo_tcp_nodelay.to_string()],
         Kind::Sidecar => args.sidecar_args.clone(),
     }
@@ -740,7 +750,8 @@ pub fn run(mut args: LoadgenArgs) -> Result<Report, String> {
         warmup: args.warmup,
         duration: args.duration,
     };
-    let bins = procs::server_bins(args.server_bin.as_ref())?;
+    let mut bins = procs::server_bins(args.server_bin.as_ref())?;
+    bins.baseline_is_sidecar = !args.baseline_sidecar_args.is_empty();
     let mut reused = match (args.reuse_servers, &args.target) {
         (true, None) => Some((
             Server::start(

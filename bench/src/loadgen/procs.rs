@@ -23,6 +23,9 @@ pub struct Bins {
     pub sidecar: PathBuf,
     /// The echo baseline (`threadwarden-bench echo-server`).
     pub echo: PathBuf,
+    /// The baseline is the sidecar itself, started with other flags (`--baseline-sidecar-arg`):
+    /// for A/B runs of one binary, e.g. the Redis state backend against the memory one.
+    pub baseline_is_sidecar: bool,
 }
 
 /// Which server a run measures.
@@ -58,21 +61,20 @@ impl Server {
     /// echo-server` on an ephemeral loopback port, with a clean environment, and waits for its
     /// "serving" log line.
     pub fn start(bins: &Bins, kind: Kind, admin: bool, extra: &[String]) -> Result<Server, String> {
-        let bin = match kind {
-            Kind::Sidecar => &bins.sidecar,
-            Kind::Echo => &bins.echo,
+        let as_sidecar = kind == Kind::Sidecar || bins.baseline_is_sidecar;
+        let bin = if as_sidecar {
+            &bins.sidecar
+        } else {
+            &bins.echo
         };
         let mut cmd = Command::new(bin);
-        match kind {
-            Kind::Sidecar => {
-                cmd.args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"]);
-                if admin {
-                    cmd.args(["--admin-listen", "127.0.0.1:0"]);
-                }
+        if as_sidecar {
+            cmd.args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"]);
+            if admin {
+                cmd.args(["--admin-listen", "127.0.0.1:0"]);
             }
-            Kind::Echo => {
-                cmd.args(["echo-server", "--listen", "127.0.0.1:0"]);
-            }
+        } else {
+            cmd.args(["echo-server", "--listen", "127.0.0.1:0"]);
         }
         cmd.args(extra)
             .env_clear()
@@ -293,7 +295,11 @@ pub fn server_bins(given: Option<&PathBuf>) -> Result<Bins, String> {
             beside
         }
     };
-    Ok(Bins { sidecar, echo: exe })
+    Ok(Bins {
+        sidecar,
+        echo: exe,
+        baseline_is_sidecar: false,
+    })
 }
 
 #[cfg(test)]

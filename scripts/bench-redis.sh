@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# What the Redis state backend costs (issue 20): the sidecar with --state-backend redis:// against
+# the same binary with the memory backend, in one run, on one machine, with redis-server on
+# loopback. Each of RUNS rounds flushes Redis, then runs `threadwarden-bench loadgen` once with the
+# Redis sidecar as "sidecar" and the memory sidecar as the baseline ("echo" in loadgen's tables),
+# interleaved, fresh processes for every scenario:
+#   pipelined        1 stream, window 1024           (throughput)
+#   streams          64 streams over 4 connections  (throughput)
+#   latency          1 stream, open loop, 5,000/s   (p50/p99)
+#   latency-streams  64 streams, open loop, 5,000/s (p50/p99)
+# and reads Redis's used_memory per key after the round (bytes per thread in Redis).
+# Writes $OUT/redis.md (also printed) and the raw JSON per round.
+#
+#   scripts/bench-redis.sh            # about 6 minutes on 2 cores, after the build
+#
+# Knobs: OUT (target/bench-redis), RUNS (3), DURATION (5s), WARMUP (1s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-target/bench-redis}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
+
+cargo build --release --locked -p threadwarden --bin threadwarden -p threadwarden-bench --bin threadwarden-bench
+cp target/release/threadwarden target/release/threadwarden-bench "$OUT/"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$PORT" --save "" --appendonly no --daemonize yes \
+    --dir "$OUT" --logfile "$OUT/redis.log" --pidfile "$OUT/redis.pid"
+trap 'kill "$(cat "$OUT/redis.pid")" 2>/dev/null || true' EXIT
+cli() { redis-cli -p "$PORT" "$@"; }
+for _ in $(seq 1 50); do cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-server --version >"$OUT/redis-version.txt"
+
+for run in $(seq 1 "$RUNS"); do
+    cli flushall >/dev/null
+    base=$(cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
+    printf '\n==> round %s of %s\n' "$run" "$RUNS" >&2
+    "$OUT/threadwarden-bench" loadgen --server-bin "$OUT/threadwarden" --runs 1 \
+        --duration "$DURATION" --warmup "$WARMUP" \
+        --scenarios pipelined,streams,latency,latency-streams \
+        --sidecar-arg=--state-backend=redis://127.0.0.1:"$PORT" \
+        --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/round-$run.json"
+    used=$(cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
+    keys=$(cli dbsize | tr -d '\r')
+    echo "{\"base\": $base, \"used\": $used, \"keys\": $keys}" >"$OUT/round-$run.redis.json"
+done
+
+python3 - "$OUT" "$RUNS" <<'EOF' | tee "$OUT/redis.md"
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+rounds = [json.load(open(f"{out}/round-{i}.json")) for i in range(1, runs + 1)]
+mem = [json.load(open(f"{out}/round-{i}.redis.json")) for i in range(1, runs + 1)]
+def runs_of(name):
+    for r in rounds:
+        for sc in r["scenarios"]:
+            if sc["id"] == name:
+                yield from sc["runs"]
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    return f"{med(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})" if xs else "–"
+print("| scenario | Redis events/s | memory events/s | ratio Redis/memory | Redis p50 / p99 µs | memory p50 / p99 µs | added p50 / p99 µs |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for name in ["pipelined", "streams", "latency", "latency-streams"]:
+    rs = list(runs_of(name))
+    if not rs:
+        continue
+    red = [r["sidecar"]["events_per_sec"] for r in rs]
+    memo = [r["echo"]["events_per_sec"] for r in rs]
+    ratio = [a / b for a, b in zip(red, memo)]
+    lat = lambda side, k: [((r[side].get("latency") or {}).get(k)) for r in rs]
+    def pair(side):
+        p50, p99 = lat(side, "p50_us"), lat(side, "p99_us")
+        return "–" if p50[0] is None else f"{med(p50):.0f} / {med(p99):.0f}"
+    added = "–" if lat("sidecar", "p50_us")[0] is None else \
+        f"{med([a - b for a, b in zip(lat('sidecar', 'p50_us'), lat('echo', 'p50_us'))]):.0f} / " \
+        f"{med([a - b for a, b in zip(lat('sidecar', 'p99_us'), lat('echo', 'p99_us'))]):.0f}"
+    print(f"| {name} | {spread(red)} | {spread(memo)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair('sidecar')} | {pair('echo')} | {added} |")
+per = [(m["used"] - m["base"]) / m["keys"] for m in mem if m["keys"]]
+print(f"\nRedis memory per thread: {med(per):.0f} B (used_memory growth / keys; {', '.join(str(m['keys']) for m in mem)} keys per round)")
+EOF
