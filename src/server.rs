@@ -17,6 +17,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::auth::{Auth, AuthError, Tokens};
 use crate::api::engine::{Engine, Sinks};
+use crate::api::oversize::OversizeLayer;
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::api::{ModerationApi, StreamLimits};
 use crate::classify::Classifier;
@@ -301,10 +302,10 @@ impl App {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: grpcurl speaks v1, Postman, Evans, older grpcurl builds and
+        // grpcio-reflection still ask v1alpha. Each lists every service, both reflections too.
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let auth = Auth::new(tokens, metrics.clone());
         let (draining_tx, draining_rx) = watch::channel(false);
         let moderation = tonic::service::interceptor::InterceptedService::new(
@@ -362,8 +363,11 @@ impl App {
         );
         let _acceptor = AbortOnDrop(acceptor);
         let server = builder
+            // A request over the message-size limit: RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+            .layer(OversizeLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(moderation)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
                 let _ = stop_rx.await;
@@ -428,6 +432,16 @@ impl App {
         decision_log.close();
         Ok(())
     }
+}
+
+/// The reflection builder both versions are built from: our API, health, and both reflections.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Logs whether the classifier's tables got transparent huge pages (see [`crate::huge_pages`]):
