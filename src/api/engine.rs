@@ -3,6 +3,12 @@
 //!
 //! Knows the wire types (prost structs, no tonic transport) so that replay and the gRPC service
 //! produce byte-identical verdicts. Logs no text: only hashed thread keys and decisions.
+//!
+//! Also the welfare figures (DESIGN §7): what the assistant was put through, per model label.
+//! A thread's harmful streak is its escalation episode (`esc.redirects`: harmful user turns and
+//! counted refusals since the last decay); it closes when decay resets it (`turned`), when the
+//! thread ENDs (`ended`), or when the store forgets the thread with it open (`idle`, through
+//! the store's forget hook). The policy stays pure: the engine reads the state before and after.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use crate::policy::{self, Action, Event, EventKind, ForkError, Policy};
 use crate::state::{ThreadKey, ThreadStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::decision_log::DecisionLog;
-use crate::telemetry::metrics::DecisionRecord;
+use crate::telemetry::metrics::{DecisionRecord, StreakOutcome};
 
 /// Bytes of text classified from each end of an over-long message.
 pub const DEFAULT_CLASSIFY_WINDOW: usize = 32 * 1024;
@@ -81,6 +87,12 @@ impl Engine {
         directory: Arc<Directory>,
         sinks: Sinks,
     ) -> Engine {
+        // The policy's models first, in its order: a restart with the same policy gives the
+        // same slots, so the slots the state file holds keep their labels.
+        for label in policy.borrow().welfare_labels() {
+            sinks.metrics.welfare.slot(Some(label));
+        }
+        store.on_forget(forget_hook(&sinks));
         Engine {
             store,
             classifier,
@@ -108,11 +120,7 @@ impl Engine {
 
     /// A keyed hash of a thread key, safe to log (never the raw ids).
     pub fn log_hash(&self, key: ThreadKey) -> String {
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(
-            &key.to_u128().to_le_bytes(),
-            self.sinks.hash_seed,
-        );
-        format!("{h:016x}")
+        log_hash(self.sinks.hash_seed, key)
     }
 
     /// Decides one event; counts it, and logs notable decisions.
@@ -160,15 +168,34 @@ impl Engine {
         let now = self.store.now();
         let mut entered_crisis = None;
         let mut entered_suspicion = false;
+        // The welfare slot of the event's model, looked up only by an event that needs it.
+        let welfare = &self.sinks.metrics.welfare;
+        let slot = std::cell::OnceCell::new();
+        let model_slot = || *slot.get_or_init(|| welfare.slot(policy.welfare_label(&event.model)));
+        let mut streak = None;
         let decide = |state: &mut policy::ThreadState| {
             let before = state.crisis_kind();
             let suspected_before = state.crisis_suspected();
+            let streak_before = state.esc.redirects;
             let verdict = policy::decide(&policy, state, &domain_event, &scores, now);
             if before.is_none() {
                 entered_crisis = state.crisis_kind();
             }
             entered_suspicion =
                 !suspected_before && state.crisis_suspected() && state.crisis_kind().is_none();
+            if !verdict.replayed {
+                let streak_after = state.esc.redirects;
+                if streak_after > streak_before {
+                    // The streak is the latest model's to carry if the store forgets it.
+                    state.set_model_slot(model_slot());
+                }
+                if streak_before > 0 && streak_after == 0 {
+                    streak = Some((StreakOutcome::Turned, streak_before));
+                }
+                if ends(&verdict) && streak_after > 0 {
+                    streak = Some((StreakOutcome::Ended, streak_after));
+                }
+            }
             verdict
         };
         let decision = match payload {
@@ -209,6 +236,28 @@ impl Engine {
         if entered_suspicion {
             m.crisis_suspected();
         }
+        if !decision.replayed {
+            if let (Payload::UserMessage(_), Some(category)) = (payload, decision.category) {
+                welfare.exposure(model_slot(), category);
+            }
+            if let Some((outcome, turns)) = streak {
+                welfare.streak(model_slot(), outcome, u64::from(turns));
+            }
+            if let EventKind::Assistant {
+                end_requested: true,
+                ..
+            } = kind
+            {
+                if let Some(denial) = decision.end_denied {
+                    welfare.end_request(model_slot(), Some(denial));
+                } else if ends(&decision) && decision.reason == policy::Reason::ModelRequested {
+                    welfare.end_request(model_slot(), None);
+                }
+            }
+            if ends(&decision) {
+                welfare.end(model_slot(), decision.reason);
+            }
+        }
         if let (Some(kind), Some(notifier)) = (entered_crisis, &self.sinks.notifier) {
             notifier.notify(crate::crisis::notifier::Notice {
                 thread: self.log_hash(key),
@@ -217,7 +266,11 @@ impl Engine {
                 policy_version: policy.version.clone(),
             });
         }
-        self.log_decision(key, event, text, &decision, &scores, &policy);
+        let welfare_log = Welfare {
+            model: slot.get().map(|s| welfare.label(*s)),
+            streak,
+        };
+        self.log_decision(key, event, text, &decision, &scores, &policy, &welfare_log);
         Ok(Decided {
             verdict,
             decision,
@@ -343,6 +396,7 @@ impl Engine {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
         key: ThreadKey,
@@ -351,11 +405,13 @@ impl Engine {
         v: &policy::Verdict,
         scores: &Scores,
         policy: &Policy,
+        welfare: &Welfare,
     ) {
-        let notable = (v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded)
+        let notable = ends(v)
             || v.warning
             || v.crisis.is_some()
-            || v.end_denied.is_some();
+            || v.end_denied.is_some()
+            || welfare.streak.is_some();
         if !notable || v.replayed || !self.sinks.decision_log.enabled() {
             return;
         }
@@ -380,13 +436,70 @@ impl Engine {
             "categories": categories,
             "turn": v.summary.turn,
             "harmful_turns": v.summary.harmful_turns,
+            "exposures": v.summary.exposures,
             "policy_version": policy.version,
         });
+        // Welfare: the model's bounded label (never the event's own string) and a closed streak.
+        let model = welfare
+            .model
+            .unwrap_or_else(|| self.sinks.metrics.welfare.label(0));
+        record["model"] = json!(model);
+        if let Some((outcome, turns)) = welfare.streak {
+            record["streak"] = json!({ "outcome": outcome.name(), "harmful_turns": turns });
+        }
         if let Some(t) = text.filter(|_| policy.log_content) {
             record["text"] = json!(t);
         }
         self.sinks.decision_log.record(&record);
     }
+}
+
+/// What one decision adds to its decision-log record for the welfare figures.
+struct Welfare {
+    /// The model's welfare label, if the decision looked it up.
+    model: Option<&'static str>,
+    /// A harmful streak that closed on this event, and the harmful turns it reached.
+    streak: Option<(StreakOutcome, u8)>,
+}
+
+/// True if the verdict ENDs the thread (or would have, in shadow mode), for the first time.
+fn ends(v: &policy::Verdict) -> bool {
+    v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded
+}
+
+/// A keyed hash of a thread key, safe to log (never the raw ids).
+fn log_hash(seed: u64, key: ThreadKey) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.to_u128().to_le_bytes(), seed);
+    format!("{h:016x}")
+}
+
+/// The store's forget hook: a thread forgotten with its harmful streak open closes it `idle`
+/// (exposure that no END relieved), in the metrics and the decision log.
+fn forget_hook(sinks: &Sinks) -> crate::state::ForgetHook {
+    let metrics = sinks.metrics.clone();
+    let log = sinks.decision_log.clone();
+    let seed = sinks.hash_seed;
+    Box::new(move |key, state| {
+        let turns = state.esc.redirects;
+        if state.ended() || turns == 0 {
+            return;
+        }
+        let slot = state.model_slot();
+        metrics
+            .welfare
+            .streak(slot, StreakOutcome::Idle, u64::from(turns));
+        if log.enabled() {
+            log.record(&json!({
+                "ts": unix_seconds(),
+                "record": "welfare",
+                "thread": log_hash(seed, key),
+                "model": metrics.welfare.label(slot),
+                "streak": { "outcome": StreakOutcome::Idle.name(), "harmful_turns": turns },
+                "exposures": state.exposures,
+                "turn": state.turn,
+            }));
+        }
+    })
 }
 
 fn unix_seconds() -> f64 {

@@ -3,15 +3,20 @@
 //! Written to a temporary file beside the target, fsynced and renamed, so that a crash leaves
 //! either the old snapshot or the new one, never a torn file. Holds no message text: the
 //! states it stores have none.
+//!
+//! Format 3 added the exposure count (and packs the ring positions); a format-2 file is still
+//! read, its threads' exposures starting at 0, so an upgrade keeps every lock.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::{Map, ThreadKey};
-use crate::policy::ThreadState;
+use crate::policy::{ThreadState, ThreadStateV2};
 
-const MAGIC: &[u8; 8] = b"TWSNAP02";
+const MAGIC: &[u8; 8] = b"TWSNAP03";
+/// The previous format, still read.
+const MAGIC_V2: &[u8; 8] = b"TWSNAP02";
 /// A record larger than this is corruption, not data.
 const MAX_RECORD: usize = 4096;
 
@@ -84,11 +89,15 @@ pub(super) fn read(
     let mut input = BufReader::new(file);
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(io(path))?;
-    if &magic != MAGIC {
-        return Err(SnapshotError::BadHeader {
-            path: path.display().to_string(),
-        });
-    }
+    let v2 = match &magic {
+        m if m == MAGIC => false,
+        m if m == MAGIC_V2 => true,
+        _ => {
+            return Err(SnapshotError::BadHeader {
+                path: path.display().to_string(),
+            });
+        }
+    };
     let corrupt = |index: usize, reason: String| SnapshotError::Corrupt {
         path: path.display().to_string(),
         index,
@@ -113,8 +122,12 @@ pub(super) fn read(
             .map_err(|e| corrupt(count, e.to_string()))?;
         let key =
             ThreadKey::from_u128(u128::from_le_bytes(buf[..16].try_into().expect("16 bytes")));
-        let state: ThreadState =
-            postcard::from_bytes(&buf[16..]).map_err(|e| corrupt(count, e.to_string()))?;
+        let state: ThreadState = if v2 {
+            postcard::from_bytes::<ThreadStateV2>(&buf[16..]).map(ThreadState::from)
+        } else {
+            postcard::from_bytes(&buf[16..])
+        }
+        .map_err(|e| corrupt(count, e.to_string()))?;
         insert(key, state);
         count += 1;
     }
