@@ -71,6 +71,7 @@ def test_unary_thread_summary_and_feedback(pb, stub):
     assert v.action == pb2.ACTION_CONTINUE
     summary = stub.GetThread(pb2.GetThreadRequest(tenant_id="py", thread_id="py-c")).thread
     assert summary.turn == 1 and not summary.ended
+    assert summary.exposures == 0, "a benign turn exposes the assistant to nothing"
     stub.SubmitFeedback(pb2.SubmitFeedbackRequest(tenant_id="py", thread_id="py-c", event_id="e1",
                                                   rating=pb2.RATING_THUMBS_UP))
     with pytest.raises(grpc.RpcError) as e:
@@ -112,6 +113,9 @@ def test_reflection_v1alpha_with_grpcio_reflection(sidecar):
         pool = DescriptorPool(database)
         service = pool.FindServiceByName("threadwarden.v1.ModerationService")
         assert [m.name for m in service.methods] == ["Moderate", "Evaluate", "GetThread", "SubmitFeedback"]
+        summary = pool.FindMessageTypeByName("threadwarden.v1.ThreadSummary")
+        assert summary.fields_by_name["exposures"].number == 8
+        assert summary.fields_by_name["crisis_suspected"].number == 7
     finally:
         channel.close()
 
