@@ -202,8 +202,16 @@ impl App {
             None => Directory::builtin(),
         };
         let store = ThreadStore::new(config.store.clone());
+        // The policy's models take the first welfare slots, in its order; a restored state's
+        // slots are renumbered to this process's by the labels its file names.
+        let welfare = &config.metrics.welfare;
+        for label in policy.welfare_labels() {
+            welfare.slot(Some(label));
+        }
         if let Some(path) = config.state_file.as_ref().filter(|p| p.exists()) {
-            let n = store.restore_from(path).map_err(ServerError::Restore)?;
+            let n = store
+                .restore_from(path, |label| welfare.slot(Some(label)))
+                .map_err(ServerError::Restore)?;
             tracing::info!(threads = n, "state restored");
         }
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
@@ -422,7 +430,8 @@ impl App {
         if let Some(path) = &config.state_file {
             let store = store.clone();
             let path = path.clone();
-            let n = tokio::task::spawn_blocking(move || store.snapshot_to(&path))
+            let labels = metrics.welfare.labels();
+            let n = tokio::task::spawn_blocking(move || store.snapshot_to(&path, &labels))
                 .await
                 .expect("snapshot task")
                 .map_err(ServerError::Snapshot)?;
@@ -481,7 +490,8 @@ async fn snapshot_loop(store: ThreadStore, path: PathBuf, every: Duration, metri
     loop {
         tick.tick().await;
         let (s, p) = (store.clone(), path.clone());
-        match tokio::task::spawn_blocking(move || s.snapshot_to(&p)).await {
+        let labels = metrics.welfare.labels();
+        match tokio::task::spawn_blocking(move || s.snapshot_to(&p, &labels)).await {
             Ok(Ok(n)) => {
                 metrics.snapshot_written(unix_now());
                 tracing::debug!(threads = n, "snapshot written");

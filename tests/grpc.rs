@@ -640,6 +640,75 @@ async fn state_file_keeps_ended_threads_across_a_restart() {
     server.shutdown().await;
 }
 
+/// The exposure count and the thread's welfare model survive a restart, even under a policy that
+/// names its models in another order: the state file names the labels of its slots.
+#[tokio::test]
+async fn welfare_state_survives_a_restart_under_a_reordered_policy() {
+    use std::sync::Arc;
+    use threadwarden::state::StoreConfig;
+    use threadwarden::telemetry::Metrics;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let policy = dir.path().join("policy.yaml");
+    let write_policy = |models: &str| {
+        std::fs::write(&policy, format!("version: w\nmodels: [{models}, \"*\"]\n")).unwrap()
+    };
+    write_policy("\"claude-opus-4*\", \"claude-sonnet-*\"");
+    let server = start_server(ServeConfig {
+        state_file: Some(state.clone()),
+        policy_path: Some(policy.clone()),
+        metrics: Arc::new(Metrics::default()),
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut e = labelled("a1", "sonnet-thread", pb::Category::Abuse, 0.9);
+    e.model = "claude-sonnet-4-5".into();
+    let v = evaluate(&mut client, e).await;
+    assert_eq!(v.thread.unwrap().exposures, 1);
+    server.shutdown().await;
+
+    write_policy("\"claude-sonnet-*\", \"claude-opus-4*\"");
+    let metrics = Arc::new(Metrics::default());
+    let server = start_server(ServeConfig {
+        state_file: Some(state.clone()),
+        policy_path: Some(policy.clone()),
+        metrics: metrics.clone(),
+        store: StoreConfig {
+            idle_ttl: std::time::Duration::from_secs(1),
+            sweep_interval: std::time::Duration::from_millis(100),
+            ..StoreConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let summary = client
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "sonnet-thread".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+        .unwrap();
+    assert_eq!((summary.exposures, summary.redirects), (1, 1));
+    // Left idle, the thread is forgotten with its streak open: counted under its own model.
+    let want = "threadwarden_welfare_harmful_streak_turns_count{model=\"claude-sonnet-*\",outcome=\"idle\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics.render().contains(want) {
+        assert!(std::time::Instant::now() < deadline, "{}", metrics.render());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics
+            .render()
+            .contains("threadwarden_welfare_harmful_streak_turns_count{model=\"claude-opus-4*\",outcome=\"idle\"} 0")
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_idle_streams_with_unavailable_after_answering_everything() {
     let server = start_server(ServeConfig {

@@ -87,8 +87,8 @@ impl Engine {
         directory: Arc<Directory>,
         sinks: Sinks,
     ) -> Engine {
-        // The policy's models first, in its order: a restart with the same policy gives the
-        // same slots, so the slots the state file holds keep their labels.
+        // The policy's models take the first slots, in its order (`App::build` registers them
+        // before restoring a state file; this covers engines built without one).
         for label in policy.borrow().welfare_labels() {
             sinks.metrics.welfare.slot(Some(label));
         }

@@ -346,15 +346,22 @@ impl ThreadStore {
         SweeperGuard(handle)
     }
 
-    /// Writes every thread's state to `path` atomically (temp file, fsync, rename).
-    pub fn snapshot_to(&self, path: &Path) -> Result<usize, SnapshotError> {
-        snapshot::write(&self.shared.map, path)
+    /// Writes every thread's state to `path` atomically (temp file, fsync, rename), with the
+    /// labels of the model slots the states name (`labels[i]` is slot `i + 1`'s).
+    pub fn snapshot_to(&self, path: &Path, labels: &[&str]) -> Result<usize, SnapshotError> {
+        snapshot::write(&self.shared.map, path, labels)
     }
 
-    /// Loads threads from a snapshot written by `snapshot_to`; returns how many.
-    pub fn restore_from(&self, path: &Path) -> Result<usize, SnapshotError> {
+    /// Loads threads from a snapshot written by `snapshot_to`; returns how many. `slot_of`
+    /// gives this process's slot for each label the file names, and every state's model slot
+    /// is renumbered to it (so a label keeps its threads whatever the order of registration).
+    pub fn restore_from(
+        &self,
+        path: &Path,
+        slot_of: impl Fn(&str) -> u8,
+    ) -> Result<usize, SnapshotError> {
         let now = self.now();
-        let restored = snapshot::read(path, |key, mut state| {
+        let restored = snapshot::read(path, slot_of, |key, mut state| {
             // The snapshot's clock was another process's: restart every thread's idle time.
             state.last_active = now;
             self.shared.map.insert(key, state);

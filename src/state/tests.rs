@@ -146,19 +146,32 @@ async fn snapshot_round_trip_keeps_ended_threads() {
             }
         });
     }
-    assert_eq!(s.snapshot_to(&path).unwrap(), 500);
+    assert_eq!(s.snapshot_to(&path, &["a", "b", "c"]).unwrap(), 500);
     assert!(
         !path.with_extension("tmp").exists(),
         "temp file renamed away"
     );
+    // The restoring process numbers the labels its own way: c=1, a=2, b=5.
     let restored = store(1000, 3600);
-    assert_eq!(restored.restore_from(&path).unwrap(), 500);
+    let slot_of = |l: &str| match l {
+        "c" => 1,
+        "a" => 2,
+        "b" => 5,
+        _ => panic!("{l}"),
+    };
+    assert_eq!(restored.restore_from(&path, slot_of).unwrap(), 500);
     for i in 0..500u128 {
         let st: ThreadState = restored.get(ThreadKey::from_u128(i)).unwrap();
         assert_eq!(st.turn, i as u32);
         assert_eq!(st.ended(), i % 2 == 0);
         assert_eq!(st.exposures, 1000 + i as u16, "exposures survive");
-        assert_eq!(st.model_slot(), (i % 32) as u8, "the model slot survives");
+        let want = match i % 32 {
+            1 => 2, // a
+            2 => 5, // b
+            3 => 1, // c
+            _ => 0, // other, or a slot the file names no label for
+        };
+        assert_eq!(st.model_slot(), want, "the model keeps its label");
     }
 }
 
@@ -184,7 +197,7 @@ async fn a_format_2_snapshot_is_still_read() {
     }
     std::fs::write(&path, bytes).unwrap();
     let s = store(10, 10);
-    assert_eq!(s.restore_from(&path).unwrap(), 3);
+    assert_eq!(s.restore_from(&path, |_| 9).unwrap(), 3);
     let st = s.get(ThreadKey::from_u128(2)).unwrap();
     assert_eq!(st.turn, 9);
     assert!(st.ended() && st.flags.has(Flags::WARNED));
@@ -229,12 +242,12 @@ fn corrupt_snapshots_are_rejected_with_the_path() {
     let path = dir.path().join("bad.bin");
     std::fs::write(&path, b"not a snapshot").unwrap();
     let s = store(10, 10);
-    let err = s.restore_from(&path).unwrap_err().to_string();
+    let err = s.restore_from(&path, |_| 0).unwrap_err().to_string();
     assert!(err.contains("bad.bin") && err.contains("header"), "{err}");
     let mut bytes = b"TWSNAP02".to_vec();
     bytes.extend_from_slice(&9999u32.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
-    let err = s.restore_from(&path).unwrap_err().to_string();
+    let err = s.restore_from(&path, |_| 0).unwrap_err().to_string();
     assert!(err.contains("corrupt record 0"), "{err}");
 }
 

@@ -222,6 +222,14 @@ impl Welfare {
         }
     }
 
+    /// The labels of slots 1.., in slot order (what a state file stores beside the slots).
+    pub fn labels(&self) -> Vec<&'static str> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Every label, `other` first, with its slot.
     fn labelled(&self) -> Vec<(&'static str, usize)> {
         let labels = self.labels.read().unwrap_or_else(|e| e.into_inner());
