@@ -748,6 +748,15 @@ async fn welfare_figures_follow_a_scripted_conversation() {
         on(UNLISTED, confirm_end("u2", "user-end")),
         // Sonnet: one hateful turn, then silence: the store forgets it with the streak open.
         on(SONNET, labelled("i1", "idle", C::Hate, 0.9)),
+        // Sonnet: a crisis routing (a notable record whatever its welfare figures).
+        on(
+            SONNET,
+            user(
+                "c1",
+                "crisis",
+                "I don't want to live anymore, I want to kill myself",
+            ),
+        ),
     ];
     let n = script.len();
     let mut stream = client
@@ -928,6 +937,12 @@ async fn welfare_figures_follow_a_scripted_conversation() {
     assert_eq!(turned["streak"]["harmful_turns"], 2);
     assert_eq!(turned["model"], "claude-sonnet-*");
     assert_eq!(find("u2")["model"], "other");
+    let crisis = find("c1");
+    assert_eq!(crisis["crisis"], "self_harm");
+    assert_eq!(
+        crisis["model"], "claude-sonnet-*",
+        "every record names its model's label"
+    );
     let idle = records
         .iter()
         .find(|r| r["record"] == "welfare")

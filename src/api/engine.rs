@@ -440,9 +440,10 @@ impl Engine {
             "policy_version": policy.version,
         });
         // Welfare: the model's bounded label (never the event's own string) and a closed streak.
-        let model = welfare
-            .model
-            .unwrap_or_else(|| self.sinks.metrics.welfare.label(0));
+        let model = welfare.model.unwrap_or_else(|| {
+            let w = &self.sinks.metrics.welfare;
+            w.label(w.slot(policy.welfare_label(&event.model)))
+        });
         record["model"] = json!(model);
         if let Some((outcome, turns)) = welfare.streak {
             record["streak"] = json!({ "outcome": outcome.name(), "harmful_turns": turns });
