@@ -766,6 +766,41 @@ mod tests {
     }
 
     #[test]
+    fn welfare_labels_are_bounded_and_escaped() {
+        let m = Metrics::default();
+        assert_eq!(m.welfare.slot(None), 0);
+        assert_eq!(m.welfare.slot(Some("other")), 0, "`other` is slot 0");
+        assert_eq!(m.welfare.slot(Some("we\"ird")), 1);
+        for i in 2..MODEL_SLOTS {
+            assert_eq!(usize::from(m.welfare.slot(Some(&format!("m{i}")))), i);
+        }
+        assert_eq!(m.welfare.slot(Some("one-too-many")), 0, "full: other");
+        assert_eq!(
+            m.welfare.slot(Some("m7")),
+            7,
+            "a known label keeps its slot"
+        );
+        assert_eq!(m.welfare.label(7), "m7");
+        assert_eq!(m.welfare.label(0), "other");
+        m.welfare.exposure(1, Category::Abuse);
+        m.welfare.streak(1, StreakOutcome::Idle, 30);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "threadwarden_welfare_exposures_total{model=\"we\\\"ird\",category=\"abuse\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "threadwarden_welfare_harmful_streak_turns_bucket{model=\"we\\\"ird\",outcome=\"idle\",le=\"25\"} 0"
+        ));
+        assert!(text.contains(
+            "threadwarden_welfare_harmful_streak_turns_count{model=\"we\\\"ird\",outcome=\"idle\"} 1"
+        ));
+        assert!(!text.contains("one-too-many"));
+    }
+
+    #[test]
     fn counters_render_and_move() {
         let m = Metrics::default();
         let r = DecisionRecord {
