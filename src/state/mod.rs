@@ -3,7 +3,7 @@
 //! Owns idle-TTL and capacity eviction (least recently active first, locked and crisis threads
 //! last), the sweeper task, and the snapshot file. Whoever needs to know what a forgotten thread
 //! held (the welfare figures) registers one `on_forget` hook; it runs under the shard lock, so it
-//! must only count. Must not hold a map entry across `.await`:
+//! must be quick and never block: count, or queue a record without waiting. Must not hold a map entry across `.await`:
 //! every access is a closure run under the shard lock, which is why a sync lock is right here
 //! (as mini-redis argues for its `Db`).
 
