@@ -4,11 +4,13 @@
 //!
 //! # Layout
 //! - [`api`]: tonic glue. Generated types, validation, domain ↔ wire conversion, the one
-//!   error-to-`Status` mapping, bearer-token auth, and the `ModerationService` implementation
-//!   (per-stream task, bounded in-flight answers, slow-consumer and drain handling).
+//!   error-to-`Status` mapping, bearer-token auth, the layer that answers an oversized message
+//!   RESOURCE_EXHAUSTED, and the `ModerationService` implementation (per-stream task, bounded
+//!   in-flight answers, slow-consumer and drain handling).
 //! - [`engine`] (`api::engine`, re-exported): the request path, once: validate → classify →
-//!   take the thread's entry → `policy::decide` → encode. Shared by the gRPC service and
-//!   `replay`.
+//!   take the thread's entry → `policy::decide` → encode, and the welfare figures read off
+//!   each decision (exposures, harmful streaks, the model's end requests, ENDs per model).
+//!   Shared by the gRPC service and `replay`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
 //! - [`classify`]: the built-in classifier, in two tiers merged per head: the rules
 //!   (normaliser, weighted lexicon, intent × object rules, benign-context suppressors, the
@@ -16,12 +18,14 @@
 //!   embeddings, trained heads, a learned combiner per head). Pure.
 //! - [`crisis`]: the crisis directory (locale → country → resources), support messages, and the
 //!   webhook notifier (bounded queue, retries, never on the verdict path).
-//! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction, snapshot file.
+//! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction (with a hook told of each
+//!   forgotten thread), snapshot file.
 //! - [`config`]: policy files, validation with file:line:field errors, hot reload.
-//! - [`server`]: assembling the sidecar; health, reflection, TLS, background tasks, shutdown.
+//! - [`server`]: assembling the sidecar; health, reflection (v1 and v1alpha), TLS, background
+//!   tasks, shutdown.
 //! - [`listener`]: the accept loop: connection cap and handshake deadline.
-//! - [`telemetry`]: logs, OTLP traces and metrics, the metrics registry and admin port, the
-//!   decision log; wired once.
+//! - [`telemetry`]: logs, OTLP traces and metrics, the metrics registry (welfare figures per
+//!   bounded model label included) and admin port, the decision log; wired once.
 //! - [`cli`], [`check`], [`replay`]: the command line.
 //! - [`domain`]: the vocabulary shared by `classify` and `policy`.
 //! - [`huge_pages`]: the scope that puts the classifier's tables on transparent huge pages

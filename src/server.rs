@@ -17,6 +17,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::auth::{Auth, AuthError, Tokens};
 use crate::api::engine::{Engine, Sinks};
+use crate::api::oversize::OversizeLayer;
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::api::{ModerationApi, StreamLimits};
 use crate::classify::Classifier;
@@ -210,8 +211,16 @@ impl App {
             None => Directory::builtin(),
         };
         let store = ThreadStore::new(config.store.clone());
+        // The policy's models take the first welfare slots, in its order; a restored state's
+        // slots are renumbered to this process's by the labels its file names.
+        let welfare = &config.metrics.welfare;
+        for label in policy.welfare_labels() {
+            welfare.slot(Some(label));
+        }
         if let Some(path) = config.state_file.as_ref().filter(|p| p.exists()) {
-            let n = store.restore_from(path).map_err(ServerError::Restore)?;
+            let n = store
+                .restore_from(path, |label| welfare.slot(Some(label)))
+                .map_err(ServerError::Restore)?;
             tracing::info!(threads = n, "state restored");
         }
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
@@ -334,10 +343,10 @@ impl App {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: grpcurl speaks v1, Postman, Evans, older grpcurl builds and
+        // grpcio-reflection still ask v1alpha. Each lists every service, both reflections too.
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let auth = Auth::new(tokens, metrics.clone());
         let (draining_tx, draining_rx) = watch::channel(false);
         let moderation = tonic::service::interceptor::InterceptedService::new(
@@ -395,8 +404,11 @@ impl App {
         );
         let _acceptor = AbortOnDrop(acceptor);
         let server = builder
+            // A request over the message-size limit: RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+            .layer(OversizeLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(moderation)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
                 let _ = stop_rx.await;
@@ -483,7 +495,8 @@ impl App {
         if let Some(path) = &config.state_file {
             let store = store.clone();
             let path = path.clone();
-            let n = tokio::task::spawn_blocking(move || store.snapshot_to(&path))
+            let labels = metrics.welfare.labels();
+            let n = tokio::task::spawn_blocking(move || store.snapshot_to(&path, &labels))
                 .await
                 .expect("snapshot task")
                 .map_err(ServerError::Snapshot)?;
@@ -493,6 +506,16 @@ impl App {
         decision_log.close();
         Ok(())
     }
+}
+
+/// The reflection builder both versions are built from: our API, health, and both reflections.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(crate::api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Logs whether the classifier's tables got transparent huge pages (see [`crate::huge_pages`]):
@@ -532,7 +555,8 @@ async fn snapshot_loop(store: ThreadStore, path: PathBuf, every: Duration, metri
     loop {
         tick.tick().await;
         let (s, p) = (store.clone(), path.clone());
-        match tokio::task::spawn_blocking(move || s.snapshot_to(&p)).await {
+        let labels = metrics.welfare.labels();
+        match tokio::task::spawn_blocking(move || s.snapshot_to(&p, &labels)).await {
             Ok(Ok(n)) => {
                 metrics.snapshot_written(unix_now());
                 tracing::debug!(threads = n, "snapshot written");

@@ -171,20 +171,62 @@ async fn oversized_text_is_classified_head_and_tail_and_flagged() {
     assert!(v.truncated, "over 64 KiB: head and tail only, and said so");
     let v = evaluate(&mut client, user("small", "t-big", "short text")).await;
     assert!(!v.truncated);
-    // Past the decoded-message limit: a clean RESOURCE_EXHAUSTED / OUT_OF_RANGE, and the server lives.
-    let huge = "a".repeat(5 * 1024 * 1024);
+    let v = evaluate(&mut client, user("after", "t-big", "still serving")).await;
+    assert_eq!(action(&v), pb::Action::Continue);
+    server.shutdown().await;
+}
+
+/// Past the decoded-message limit (4 MiB by default): RESOURCE_EXHAUSTED with grpc-core's
+/// message, on a unary call (trailers-only) and on a stream (trailers), and the server lives.
+#[tokio::test]
+async fn an_8_mib_message_is_resource_exhausted_unary_and_streamed() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let huge = "a".repeat(8 * 1024 * 1024);
+    let check = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("Received message larger than max ("),
+            "{:?}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(" vs. 4194304)"),
+            "{:?}",
+            err.message()
+        );
+    };
     let err = client
         .evaluate(pb::EvaluateRequest {
             event: Some(user("huge", "t-big", &huge)),
         })
         .await
         .unwrap_err();
-    assert!(
-        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{err:?}"
-    );
+    check(err);
+
+    let (tx, mut responses) = open_stream(&mut client, 4).await;
+    tx.send(pb::ModerateRequest {
+        event: Some(user("ok", "t-big", "a normal message")),
+    })
+    .await
+    .unwrap();
+    let first = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("the first answer");
+    assert_eq!(first.event_id, "ok");
+    tx.send(pb::ModerateRequest {
+        event: Some(user("huge", "t-big", &huge)),
+    })
+    .await
+    .unwrap();
+    check(responses.message().await.unwrap_err());
+
     let v = evaluate(&mut client, user("after", "t-big", "still serving")).await;
     assert_eq!(action(&v), pb::Action::Continue);
+    assert_eq!(v.thread.unwrap().turn, 2, "neither oversized event counted");
     server.shutdown().await;
 }
 
@@ -444,29 +486,89 @@ async fn health_serves_and_reflection_lists_the_service() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response");
-    };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"threadwarden.v1.ModerationService"),
-        "{names:?}"
+    server.shutdown().await;
+}
+
+/// What a reflection client of either version learns from the server: every service's name,
+/// and the file that defines the moderation service.
+macro_rules! reflect {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut reflection = ServerReflectionClient::new($channel);
+        let requests = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "threadwarden.v1.ModerationService".into(),
+                )),
+            },
+        ];
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect("the reflection service answers")
+            .into_inner();
+        let listed = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+            panic!("unexpected reflection response: {listed:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let file = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+            panic!("unexpected reflection response: {file:?}");
+        };
+        let files: Vec<prost_types::FileDescriptorProto> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|b| prost::Message::decode(b.as_slice()).unwrap())
+            .collect();
+        (names, files)
+    }};
+}
+
+fn check_reflection(names: &[String], files: &[prost_types::FileDescriptorProto]) {
+    for want in [
+        "threadwarden.v1.ModerationService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let file = files
+        .iter()
+        .find(|f| f.package() == "threadwarden.v1")
+        .expect("the moderation proto");
+    let service = &file.service[0];
+    assert_eq!(service.name(), "ModerationService");
+    let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+    assert_eq!(
+        methods,
+        ["Moderate", "Evaluate", "GetThread", "SubmitFeedback"]
     );
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_and_describes_the_service() {
+    let server = start().await;
+    let (names, files) = reflect!(v1, server.channel().await);
+    check_reflection(&names, &files);
+    server.shutdown().await;
+}
+
+/// Postman, Evans, older grpcurl builds and grpcio-reflection ask v1alpha.
+#[tokio::test]
+async fn reflection_v1alpha_lists_and_describes_the_service() {
+    let server = start().await;
+    let (names, files) = reflect!(v1alpha, server.channel().await);
+    check_reflection(&names, &files);
     server.shutdown().await;
 }
 
@@ -534,6 +636,75 @@ async fn state_file_keeps_ended_threads_across_a_restart() {
     assert_eq!(
         (action(&v), v.thread.unwrap().turn),
         (pb::Action::Continue, 2)
+    );
+    server.shutdown().await;
+}
+
+/// The exposure count and the thread's welfare model survive a restart, even under a policy that
+/// names its models in another order: the state file names the labels of its slots.
+#[tokio::test]
+async fn welfare_state_survives_a_restart_under_a_reordered_policy() {
+    use std::sync::Arc;
+    use threadwarden::state::StoreConfig;
+    use threadwarden::telemetry::Metrics;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let policy = dir.path().join("policy.yaml");
+    let write_policy = |models: &str| {
+        std::fs::write(&policy, format!("version: w\nmodels: [{models}, \"*\"]\n")).unwrap()
+    };
+    write_policy("\"claude-opus-4*\", \"claude-sonnet-*\"");
+    let server = start_server(ServeConfig {
+        state_file: Some(state.clone()),
+        policy_path: Some(policy.clone()),
+        metrics: Arc::new(Metrics::default()),
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut e = labelled("a1", "sonnet-thread", pb::Category::Abuse, 0.9);
+    e.model = "claude-sonnet-4-5".into();
+    let v = evaluate(&mut client, e).await;
+    assert_eq!(v.thread.unwrap().exposures, 1);
+    server.shutdown().await;
+
+    write_policy("\"claude-sonnet-*\", \"claude-opus-4*\"");
+    let metrics = Arc::new(Metrics::default());
+    let server = start_server(ServeConfig {
+        state_file: Some(state.clone()),
+        policy_path: Some(policy.clone()),
+        metrics: metrics.clone(),
+        store: StoreConfig {
+            idle_ttl: std::time::Duration::from_secs(1),
+            sweep_interval: std::time::Duration::from_millis(100),
+            ..StoreConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let summary = client
+        .get_thread(pb::GetThreadRequest {
+            tenant_id: "tenant-a".into(),
+            thread_id: "sonnet-thread".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+        .unwrap();
+    assert_eq!((summary.exposures, summary.redirects), (1, 1));
+    // Left idle, the thread is forgotten with its streak open: counted under its own model.
+    let want = "threadwarden_welfare_harmful_streak_turns_count{model=\"claude-sonnet-*\",outcome=\"idle\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics.render().contains(want) {
+        assert!(std::time::Instant::now() < deadline, "{}", metrics.render());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics
+            .render()
+            .contains("threadwarden_welfare_harmful_streak_turns_count{model=\"claude-opus-4*\",outcome=\"idle\"} 0")
     );
     server.shutdown().await;
 }

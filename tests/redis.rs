@@ -159,7 +159,7 @@ fn persistent_severe(thread: &str) -> Vec<pb::ConversationEvent> {
     events
 }
 
-type Seen = (pb::Action, pb::Reason, bool, u32, u32, bool);
+type Seen = (pb::Action, pb::Reason, bool, u32, u32, bool, u32);
 
 fn seen(v: &pb::Verdict) -> Seen {
     let t = v.thread.unwrap();
@@ -170,6 +170,7 @@ fn seen(v: &pb::Verdict) -> Seen {
         t.turn,
         t.harmful_turns,
         t.ended,
+        t.exposures,
     )
 }
 
@@ -210,7 +211,12 @@ async fn two_sidecars_sharing_redis_decide_as_one_sidecar() {
             (pb::Action::End, pb::Reason::AlreadyEnded),
             "replica {i}"
         );
-        assert!(summary(c, "severe").await.unwrap().ended);
+        let s = summary(c, "severe").await.unwrap();
+        assert!(s.ended, "replica {i}: {s:?}");
+        assert_eq!(
+            s.exposures, 4,
+            "replica {i}: every harmful turn, whichever replica saw it"
+        );
     }
     // A retry of the END event on the other replica is the same END, counted once.
     let end_event = persistent_severe("severe").swap_remove(6);

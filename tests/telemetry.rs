@@ -470,9 +470,45 @@ async fn otlp_prometheus_decision_log_and_no_text_anywhere() {
         "threadwarden_verdicts",
         "threadwarden_ends",
         "threadwarden_active_threads",
+        "threadwarden_welfare_exposures",
+        "threadwarden_welfare_model_end_requests",
+        "threadwarden_welfare_ends",
+        "threadwarden_welfare_harmful_streak_turns",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+    // Welfare over OTLP: the END's streak in a real histogram, and every `model` attribute is a
+    // bounded label (the built-in policy names no model: all `other`), never the event's text.
+    let welfare_points: Vec<_> = metric_requests
+        .iter()
+        .flat_map(|m| &m.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name.starts_with("threadwarden_welfare_"))
+        .collect();
+    let mut models = std::collections::BTreeSet::new();
+    let mut streak_count = 0;
+    for metric in &welfare_points {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        match metric.data.as_ref().unwrap() {
+            Data::Sum(sum) => {
+                for p in &sum.data_points {
+                    models.insert(attr(&p.attributes, "model").unwrap());
+                }
+            }
+            Data::Histogram(h) => {
+                for p in &h.data_points {
+                    models.insert(attr(&p.attributes, "model").unwrap());
+                    if attr(&p.attributes, "outcome").as_deref() == Some("ended") {
+                        streak_count = streak_count.max(p.count);
+                    }
+                }
+            }
+            other => panic!("unexpected welfare data {other:?}"),
+        }
+    }
+    assert_eq!(models.into_iter().collect::<Vec<_>>(), ["other"]);
+    assert_eq!(streak_count, 1, "the END closed one streak");
 
     // Decision log: END, warning, crisis, denied model end, feedback; joinable by event id.
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&decisions)
@@ -617,4 +653,302 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_nothing_fails() {
         .await
         .unwrap();
     assert!(!logs.iter().any(|l| l.contains("OTLP")), "{logs:?}");
+}
+
+/// One event of the welfare script: `model` on the event, the canary in every text.
+fn on(model: &str, mut e: pb::ConversationEvent) -> pb::ModerateRequest {
+    e.model = model.into();
+    match &mut e.payload {
+        Some(pb::conversation_event::Payload::UserMessage(m)) => {
+            m.text = format!("{CANARY} {}", m.text)
+        }
+        Some(pb::conversation_event::Payload::AssistantMessage(m)) => {
+            m.text = format!("{CANARY} {}", m.text)
+        }
+        _ => {}
+    }
+    pb::ModerateRequest { event: Some(e) }
+}
+
+/// The welfare figures against a scripted conversation, over a real in-process server on
+/// 127.0.0.1 and a real scrape of its admin port: every figure per model label, the exposure
+/// count in `GetThread`, the decision-log fields, and no text or unnamed model in any label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welfare_figures_follow_a_scripted_conversation() {
+    use pb::Category as C;
+    use threadwarden::state::StoreConfig;
+    use threadwarden::telemetry::decision_log::Sink;
+    const OPUS: &str = "claude-opus-4-1";
+    const SONNET: &str = "claude-sonnet-4-5";
+    // Not named by the policy: must only ever be counted as `other`.
+    const UNLISTED: &str = "gpt-zq-unlisted-7f3";
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: welfare-1\nmodels: [\"claude-opus-4*\", \"claude-sonnet-*\", \"*\"]\n\
+         escalation: {decay_benign_turns: 2}\n",
+    )
+    .unwrap();
+    let decisions = dir.path().join("decisions.jsonl");
+    let metrics = Arc::new(threadwarden::telemetry::Metrics::default());
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap().to_string();
+    let app = threadwarden::server::App::build(threadwarden::server::ServeConfig {
+        policy_path: Some(policy),
+        decision_log: Sink::File(decisions.clone()),
+        metrics: metrics.clone(),
+        // Ordinary threads are forgotten 2 s after their last event; ended ones are kept.
+        store: StoreConfig {
+            idle_ttl: Duration::from_secs(2),
+            locked_ttl: Duration::from_secs(3600),
+            capacity: 1000,
+            sweep_interval: Duration::from_millis(200),
+        },
+        ..threadwarden::server::ServeConfig::default()
+    })
+    .unwrap()
+    .with_admin_listener(admin);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = ModerationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let weapons = |id: &str, thread: &str| labelled(id, thread, C::IndiscriminateWeapons, 0.95);
+    let script = vec![
+        // Opus: a severe request pressed four times: three redirects (the third warns), END.
+        on(OPUS, weapons("e1", "end")),
+        on(OPUS, weapons("e2", "end")),
+        on(OPUS, weapons("e3", "end")),
+        on(OPUS, weapons("e4", "end")),
+        // Sonnet: abuse twice, then two benign turns: the redirects took hold (decay at 2).
+        on(SONNET, labelled("t1", "turn", C::Abuse, 0.9)),
+        on(SONNET, labelled("t2", "turn", C::Abuse, 0.9)),
+        on(
+            SONNET,
+            user("t3", "turn", "Sorry. Can you suggest a pasta recipe?"),
+        ),
+        on(SONNET, user("t4", "turn", "Thanks, that sounds good.")),
+        // ... and the model asks to end a thread where no warning was given: denied.
+        on(SONNET, assistant("t5", "turn", false, true)),
+        // Opus: warned, one benign turn, then the model refuses and asks to end: granted.
+        on(OPUS, weapons("m1", "model")),
+        on(OPUS, weapons("m2", "model")),
+        on(OPUS, weapons("m3", "model")),
+        on(OPUS, user("m4", "model", "ok whatever")),
+        on(OPUS, assistant("m5", "model", true, true)),
+        // An unnamed model: the user asks to end and confirms.
+        on(UNLISTED, user("u1", "user-end", "Please end this chat.")),
+        on(UNLISTED, confirm_end("u2", "user-end")),
+        // Sonnet: one hateful turn, then silence: the store forgets it with the streak open.
+        on(SONNET, labelled("i1", "idle", C::Hate, 0.9)),
+        // Sonnet: a crisis routing (a notable record whatever its welfare figures).
+        on(
+            SONNET,
+            user(
+                "c1",
+                "crisis",
+                "I don't want to live anymore, I want to kill myself",
+            ),
+        ),
+    ];
+    let n = script.len();
+    let mut stream = client
+        .moderate(tokio_stream::iter(script))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut verdicts = Vec::new();
+    while let Some(r) = stream.next().await {
+        match r.unwrap().result.unwrap() {
+            pb::moderate_response::Result::Verdict(v) => verdicts.push(v),
+            pb::moderate_response::Result::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(verdicts.len(), n);
+    // The script did what it says (so the figures below test the welfare, not the policy).
+    assert_eq!(reason(&verdicts[3]), pb::Reason::PersistentHarm);
+    assert_eq!(verdicts[8].end_denied_detail, "NOT_WARNED");
+    assert_eq!(reason(&verdicts[13]), pb::Reason::ModelRequested);
+    assert_eq!(action(&verdicts[13]), pb::Action::End);
+    assert_eq!(reason(&verdicts[15]), pb::Reason::UserRequested);
+    assert_eq!(action(&verdicts[15]), pb::Action::End);
+    assert_eq!(verdicts[3].thread.as_ref().unwrap().exposures, 4);
+
+    // GetThread carries the exposure count (field 8); decay does not reset it.
+    let exposures = |thread: &str| {
+        let mut client = client.clone();
+        let thread = thread.to_string();
+        async move {
+            client
+                .get_thread(pb::GetThreadRequest {
+                    tenant_id: "tenant-a".into(),
+                    thread_id: thread,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .thread
+                .unwrap()
+        }
+    };
+    assert_eq!(exposures("end").await.exposures, 4);
+    let turned = exposures("turn").await;
+    assert_eq!((turned.exposures, turned.redirects), (2, 0));
+    assert_eq!(exposures("model").await.exposures, 3);
+    assert_eq!(exposures("user-end").await.exposures, 0);
+
+    // The idle thread is forgotten by the sweeper: its open streak closes `idle`.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let idle = "threadwarden_welfare_harmful_streak_turns_count{model=\"claude-sonnet-*\",outcome=\"idle\"}";
+    let scraped = loop {
+        let a = admin_addr.clone();
+        let text = tokio::task::spawn_blocking(move || scrape(&a))
+            .await
+            .unwrap();
+        if parse(&text).iter().any(|(s, v)| s == idle && *v >= 1.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the idle streak never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = parse(&scraped);
+    let get = |series: &str| sample(&s, series);
+    let exposures_of = |model: &str, category: &str| {
+        get(&format!(
+            "threadwarden_welfare_exposures_total{{model=\"{model}\",category=\"{category}\"}}"
+        ))
+    };
+    assert_eq!(
+        exposures_of("claude-opus-4*", "indiscriminate_weapons"),
+        7.0
+    );
+    assert_eq!(exposures_of("claude-sonnet-*", "abuse"), 2.0);
+    assert_eq!(exposures_of("claude-sonnet-*", "hate"), 1.0);
+    assert_eq!(
+        exposures_of("claude-sonnet-*", "indiscriminate_weapons"),
+        0.0
+    );
+    assert_eq!(exposures_of("other", "abuse"), 0.0);
+
+    let streak = |model: &str, outcome: &str, part: &str| {
+        get(&format!(
+            "threadwarden_welfare_harmful_streak_turns_{part}{{model=\"{model}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    // Opus ended twice: after 4 harmful turns, and after 3 and a counted refusal.
+    assert_eq!(streak("claude-opus-4*", "ended", "count"), 2.0);
+    assert_eq!(streak("claude-opus-4*", "ended", "sum"), 8.0);
+    assert_eq!(
+        get(
+            "threadwarden_welfare_harmful_streak_turns_bucket{model=\"claude-opus-4*\",outcome=\"ended\",le=\"3\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "threadwarden_welfare_harmful_streak_turns_bucket{model=\"claude-opus-4*\",outcome=\"ended\",le=\"4\"}"
+        ),
+        2.0
+    );
+    assert_eq!(streak("claude-sonnet-*", "turned", "count"), 1.0);
+    assert_eq!(streak("claude-sonnet-*", "turned", "sum"), 2.0);
+    assert_eq!(streak("claude-sonnet-*", "idle", "count"), 1.0);
+    assert_eq!(streak("claude-sonnet-*", "idle", "sum"), 1.0);
+    assert_eq!(
+        streak("claude-opus-4*", "idle", "count"),
+        0.0,
+        "ended threads are not idle"
+    );
+    assert_eq!(
+        streak("other", "ended", "count"),
+        0.0,
+        "a benign END closes no streak"
+    );
+
+    let requests = |model: &str, outcome: &str, reason: &str| {
+        get(&format!(
+            "threadwarden_welfare_model_end_requests_total{{model=\"{model}\",outcome=\"{outcome}\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(requests("claude-opus-4*", "granted", "none"), 1.0);
+    assert_eq!(requests("claude-sonnet-*", "denied", "not_warned"), 1.0);
+    assert_eq!(requests("claude-sonnet-*", "granted", "none"), 0.0);
+
+    let ends = |model: &str, reason: &str| {
+        get(&format!(
+            "threadwarden_welfare_ends_total{{model=\"{model}\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(ends("claude-opus-4*", "persistent_harm"), 1.0);
+    assert_eq!(ends("claude-opus-4*", "model_requested"), 1.0);
+    assert_eq!(ends("other", "user_requested"), 1.0);
+    assert_eq!(ends("claude-sonnet-*", "user_requested"), 0.0);
+
+    // Labels: only the policy's names and `other`; never text, never an unnamed model.
+    for (series, _) in &s {
+        if let Some(i) = series.find("model=\"") {
+            let model = series[i + 7..].split('"').next().unwrap();
+            assert!(
+                ["claude-opus-4*", "claude-sonnet-*", "other"].contains(&model),
+                "{series}"
+            );
+        }
+    }
+    assert!(!scraped.contains(CANARY), "canary in /metrics");
+    assert!(
+        !scraped.contains(UNLISTED),
+        "an unnamed model became a label"
+    );
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+
+    // Decision log: the model label, the exposure count and the closed streaks; no text.
+    let log = std::fs::read_to_string(&decisions).unwrap();
+    assert!(!log.contains(CANARY), "canary in the decision log");
+    assert!(
+        !log.contains(UNLISTED),
+        "an unnamed model in the decision log"
+    );
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |event_id: &str| {
+        records
+            .iter()
+            .find(|r| r["event_id"] == event_id)
+            .unwrap_or_else(|| panic!("no record for {event_id}: {records:?}"))
+    };
+    let end = find("e4");
+    assert_eq!(end["model"], "claude-opus-4*");
+    assert_eq!(end["exposures"], 4);
+    assert_eq!(end["streak"]["outcome"], "ended");
+    assert_eq!(end["streak"]["harmful_turns"], 4);
+    let turned = find("t4");
+    assert_eq!(turned["streak"]["outcome"], "turned");
+    assert_eq!(turned["streak"]["harmful_turns"], 2);
+    assert_eq!(turned["model"], "claude-sonnet-*");
+    assert_eq!(find("u2")["model"], "other");
+    let crisis = find("c1");
+    assert_eq!(crisis["crisis"], "self_harm");
+    assert_eq!(
+        crisis["model"], "claude-sonnet-*",
+        "every record names its model's label"
+    );
+    let idle = records
+        .iter()
+        .find(|r| r["record"] == "welfare")
+        .expect("a welfare record for the idle thread");
+    assert_eq!(idle["streak"]["outcome"], "idle");
+    assert_eq!(idle["streak"]["harmful_turns"], 1);
+    assert_eq!(idle["model"], "claude-sonnet-*");
+    assert_eq!(idle["thread"].as_str().unwrap().len(), 16, "a keyed hash");
 }

@@ -156,12 +156,39 @@ fn sidecar_args_reach_the_sidecar() {
 }
 
 #[test]
+fn a_sidecar_can_be_the_baseline() {
+    // The echo server answers CONTINUE to everything; a sidecar baseline redirects the corpus's
+    // harmful turns, and a flag it rejects fails the run.
+    let out = quick(&[
+        "--json",
+        "--scenarios",
+        "pipelined",
+        "--baseline-sidecar-arg=--state-backend=memory",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &report["scenarios"][0]["runs"][0];
+    assert!(run["echo"]["redirects"].as_u64().unwrap() > 0, "{run}");
+    let out = quick(&[
+        "--scenarios",
+        "pipelined",
+        "--baseline-sidecar-arg=--no-such-flag",
+    ]);
+    assert!(!out.status.success());
+}
+
+#[test]
 fn prime_fills_the_thread_table_before_the_window() {
     use threadwarden_bench::loadgen::procs::{Bins, Kind, Server};
     // A sidecar of our own, so that its thread table can be read afterwards.
     let bins = Bins {
         sidecar: sidecar_bin(),
         echo: PathBuf::from(BIN),
+        baseline_is_sidecar: false,
     };
     let server = Server::start(&bins, Kind::Sidecar, true, &[]).expect("start the sidecar");
     let held = || server.metric("threadwarden_active_threads").unwrap_or(-1.0);

@@ -111,6 +111,8 @@ export interface ThreadSummary {
   crisisActive: boolean;
   /** Crisis active, or a crisis score above the suspect threshold: never ended by escalation or the model. */
   crisisSuspected: boolean;
+  /** Harmful and abusive user turns the assistant was exposed to on the thread; never reset. */
+  exposures: number;
 }
 
 export interface Verdict {

@@ -73,6 +73,7 @@ pub fn summary_to_pb(s: &Summary) -> pb::ThreadSummary {
         ended: s.ended,
         crisis_active: s.crisis_active,
         crisis_suspected: s.crisis_suspected,
+        exposures: u32::from(s.exposures),
     }
 }
 

@@ -3,8 +3,15 @@
 //!
 //! Knows the wire types (prost structs, no tonic transport) so that replay and the gRPC service
 //! produce byte-identical verdicts. Logs no text: only hashed thread keys and decisions.
+//!
+//! Also the welfare figures (DESIGN §7): what the assistant was put through, per model label.
+//! A thread's harmful streak is its escalation episode (`esc.redirects`: harmful user turns and
+//! counted refusals since the last decay); it closes when decay resets it (`turned`), when the
+//! thread ENDs (`ended`), or when the store forgets the thread with it open (`idle`, through
+//! the store's forget hook). The policy stays pure: the engine reads the state before and after.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,7 +27,7 @@ use crate::state::shared::{Created, SharedStore};
 use crate::state::{ThreadKey, ThreadStore};
 use crate::telemetry::Metrics;
 use crate::telemetry::decision_log::DecisionLog;
-use crate::telemetry::metrics::DecisionRecord;
+use crate::telemetry::metrics::{DecisionRecord, StreakOutcome};
 
 /// Bytes of text classified from each end of an over-long message.
 pub const DEFAULT_CLASSIFY_WINDOW: usize = 32 * 1024;
@@ -50,6 +57,8 @@ struct Prepared<'e> {
     key: ThreadKey,
     event: Event<'e>,
     now: u32,
+    /// The welfare slot of the event's model, looked up only by an event that needs it.
+    model_slot: OnceLock<u8>,
 }
 
 /// What deciding did to the thread.
@@ -59,21 +68,49 @@ struct Applied {
     entered_crisis: Option<CrisisKind>,
     /// The thread became crisis-suspected (without a crisis) on this event.
     entered_suspicion: bool,
+    /// A harmful streak that closed on this event, and the harmful turns it reached.
+    streak: Option<(StreakOutcome, u8)>,
 }
 
 impl Prepared<'_> {
-    /// Decides the event on `state` (pure; the shared backend may run it more than once, on
-    /// newer states, until its write wins).
-    fn step(&self, state: &mut policy::ThreadState) -> Applied {
+    fn model_slot(&self, welfare: &crate::telemetry::metrics::Welfare) -> u8 {
+        *self
+            .model_slot
+            .get_or_init(|| welfare.slot(self.policy.welfare_label(self.event.model)))
+    }
+
+    /// Decides the event on `state` (pure but for the model's welfare slot; the shared backend
+    /// may run it more than once, on newer states, until its write wins).
+    fn step(
+        &self,
+        state: &mut policy::ThreadState,
+        welfare: &crate::telemetry::metrics::Welfare,
+    ) -> Applied {
         let before = state.crisis_kind();
         let suspected_before = state.crisis_suspected();
+        let streak_before = state.esc.redirects;
         let verdict = policy::decide(&self.policy, state, &self.event, &self.scores, self.now);
+        let mut streak = None;
+        if !verdict.replayed {
+            let streak_after = state.esc.redirects;
+            if streak_after > streak_before {
+                // The streak is the latest model's to carry if the store forgets it.
+                state.set_model_slot(self.model_slot(welfare));
+            }
+            if streak_before > 0 && streak_after == 0 {
+                streak = Some((StreakOutcome::Turned, streak_before));
+            }
+            if ends(&verdict) && streak_after > 0 {
+                streak = Some((StreakOutcome::Ended, streak_after));
+            }
+        }
         Applied {
             verdict,
             entered_crisis: before.is_none().then(|| state.crisis_kind()).flatten(),
             entered_suspicion: !suspected_before
                 && state.crisis_suspected()
                 && state.crisis_kind().is_none(),
+            streak,
         }
     }
 }
@@ -123,6 +160,9 @@ pub struct Engine {
     sinks: Sinks,
     /// Thread state shared with other replicas (Redis); `store` is then the local copy.
     shared: Option<Arc<SharedStore>>,
+    /// Whether the store forgetting a thread closes its harmful streak as `idle` (not with a
+    /// shared backend).
+    idle_closes: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -134,6 +174,13 @@ impl Engine {
         directory: Arc<Directory>,
         sinks: Sinks,
     ) -> Engine {
+        // The policy's models take the first slots, in its order (`App::build` registers them
+        // before restoring a state file; this covers engines built without one).
+        for label in policy.borrow().welfare_labels() {
+            sinks.metrics.welfare.slot(Some(label));
+        }
+        let idle_closes = Arc::new(AtomicBool::new(true));
+        store.on_forget(forget_hook(&sinks, idle_closes.clone()));
         Engine {
             store,
             classifier,
@@ -142,11 +189,15 @@ impl Engine {
             classify_window: DEFAULT_CLASSIFY_WINDOW,
             sinks,
             shared: None,
+            idle_closes,
         }
     }
 
     /// Keeps thread state in the shared backend; the engine's own store becomes its local copy.
     pub fn with_shared(mut self, shared: Arc<SharedStore>) -> Engine {
+        // The local copy forgetting a thread says nothing of the thread, which may go on at
+        // another replica; Redis expires idle threads unseen. No `idle` streak closes here.
+        self.idle_closes.store(false, Ordering::Relaxed);
         self.shared = Some(shared);
         self
     }
@@ -168,11 +219,7 @@ impl Engine {
 
     /// A keyed hash of a thread key, safe to log (never the raw ids).
     pub fn log_hash(&self, key: ThreadKey) -> String {
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(
-            &key.to_u128().to_le_bytes(),
-            self.sinks.hash_seed,
-        );
-        format!("{h:016x}")
+        log_hash(self.sinks.hash_seed, key)
     }
 
     /// Decides one event; counts it, and logs notable decisions.
@@ -183,7 +230,8 @@ impl Engine {
     fn decide_inner(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
         use pb::conversation_event::Payload;
         let prep = self.prepare(event)?;
-        let step = |state: &mut policy::ThreadState| prep.step(state);
+        let welfare = &self.sinks.metrics.welfare;
+        let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
         let applied = match prep.payload {
             Payload::Fork(fork) => self.fork(prep.key, event, fork, step)?,
             _ => self.store.with_thread(prep.key, step),
@@ -215,7 +263,8 @@ impl Engine {
     ) -> Result<Decided, EventError> {
         use pb::conversation_event::Payload;
         let prep = self.prepare(event)?;
-        let step = |state: &mut policy::ThreadState| prep.step(state);
+        let welfare = &self.sinks.metrics.welfare;
+        let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
         let (applied, degraded) = match prep.payload {
             Payload::Fork(fork) => {
                 self.fork_shared(shared, prep.key, event, fork, step)
@@ -271,6 +320,7 @@ impl Engine {
                 kind,
             },
             now: self.store.now(),
+            model_slot: OnceLock::new(),
         })
     }
 
@@ -283,13 +333,16 @@ impl Engine {
         degraded: bool,
     ) -> Decided {
         use pb::conversation_event::Payload;
+        let welfare = &self.sinks.metrics.welfare;
+        let model_slot = || prep.model_slot(welfare);
+        let kind = prep.event.kind;
         let Prepared {
             started,
             payload,
             text,
             scores,
             classify_time,
-            policy,
+            ref policy,
             key,
             ..
         } = prep;
@@ -297,11 +350,12 @@ impl Engine {
             verdict: decision,
             entered_crisis,
             entered_suspicion,
+            streak,
         } = applied;
         let mut verdict = verdict_to_pb(
             &decision,
             &Dress {
-                policy: &policy,
+                policy,
                 directory: &self.directory,
                 thread_id: &event.thread_id,
                 locale: &event.locale,
@@ -333,6 +387,28 @@ impl Engine {
         if entered_suspicion {
             m.crisis_suspected();
         }
+        if !decision.replayed {
+            if let (Payload::UserMessage(_), Some(category)) = (payload, decision.category) {
+                welfare.exposure(model_slot(), category);
+            }
+            if let Some((outcome, turns)) = streak {
+                welfare.streak(model_slot(), outcome, u64::from(turns));
+            }
+            if let EventKind::Assistant {
+                end_requested: true,
+                ..
+            } = kind
+            {
+                if let Some(denial) = decision.end_denied {
+                    welfare.end_request(model_slot(), Some(denial));
+                } else if ends(&decision) && decision.reason == policy::Reason::ModelRequested {
+                    welfare.end_request(model_slot(), None);
+                }
+            }
+            if ends(&decision) {
+                welfare.end(model_slot(), decision.reason);
+            }
+        }
         if let (Some(kind), Some(notifier)) = (entered_crisis, &self.sinks.notifier) {
             notifier.notify(crate::crisis::notifier::Notice {
                 thread: self.log_hash(key),
@@ -341,6 +417,10 @@ impl Engine {
                 policy_version: policy.version.clone(),
             });
         }
+        let welfare_log = Welfare {
+            model: prep.model_slot.get().map(|s| welfare.label(*s)),
+            streak,
+        };
         let decided = Decided {
             verdict,
             decision,
@@ -349,7 +429,7 @@ impl Engine {
             classify_time,
             decide_time,
         };
-        self.log_decision(event, text, &decided, &policy);
+        self.log_decision(event, text, &decided, policy, &welfare_log);
         decided
     }
 
@@ -552,13 +632,15 @@ impl Engine {
         text: Option<&str>,
         decided: &Decided,
         policy: &Policy,
+        welfare: &Welfare,
     ) {
         let (key, v, scores) = (decided.thread_key, &decided.decision, &decided.scores);
         let degraded = decided.verdict.degraded;
-        let notable = (v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded)
+        let notable = ends(v)
             || v.warning
             || v.crisis.is_some()
-            || v.end_denied.is_some();
+            || v.end_denied.is_some()
+            || welfare.streak.is_some();
         if !notable || v.replayed || !self.sinks.decision_log.enabled() {
             return;
         }
@@ -583,14 +665,72 @@ impl Engine {
             "categories": categories,
             "turn": v.summary.turn,
             "harmful_turns": v.summary.harmful_turns,
+            "exposures": v.summary.exposures,
             "policy_version": policy.version,
             "degraded": degraded,
         });
+        // Welfare: the model's bounded label (never the event's own string) and a closed streak.
+        let model = welfare.model.unwrap_or_else(|| {
+            let w = &self.sinks.metrics.welfare;
+            w.label(w.slot(policy.welfare_label(&event.model)))
+        });
+        record["model"] = json!(model);
+        if let Some((outcome, turns)) = welfare.streak {
+            record["streak"] = json!({ "outcome": outcome.name(), "harmful_turns": turns });
+        }
         if let Some(t) = text.filter(|_| policy.log_content) {
             record["text"] = json!(t);
         }
         self.sinks.decision_log.record(&record);
     }
+}
+
+/// What one decision adds to its decision-log record for the welfare figures.
+struct Welfare {
+    /// The model's welfare label, if the decision looked it up.
+    model: Option<&'static str>,
+    /// A harmful streak that closed on this event, and the harmful turns it reached.
+    streak: Option<(StreakOutcome, u8)>,
+}
+
+/// True if the verdict ENDs the thread (or would have, in shadow mode), for the first time.
+fn ends(v: &policy::Verdict) -> bool {
+    v.shadow_action == Action::End && v.reason != policy::Reason::AlreadyEnded
+}
+
+/// A keyed hash of a thread key, safe to log (never the raw ids).
+fn log_hash(seed: u64, key: ThreadKey) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(&key.to_u128().to_le_bytes(), seed);
+    format!("{h:016x}")
+}
+
+/// The store's forget hook: a thread forgotten with its harmful streak open closes it `idle`
+/// (exposure that no END relieved), in the metrics and the decision log.
+fn forget_hook(sinks: &Sinks, active: Arc<AtomicBool>) -> crate::state::ForgetHook {
+    let metrics = sinks.metrics.clone();
+    let log = sinks.decision_log.clone();
+    let seed = sinks.hash_seed;
+    Box::new(move |key, state| {
+        let turns = state.esc.redirects;
+        if state.ended() || turns == 0 || !active.load(Ordering::Relaxed) {
+            return;
+        }
+        let slot = state.model_slot();
+        metrics
+            .welfare
+            .streak(slot, StreakOutcome::Idle, u64::from(turns));
+        if log.enabled() {
+            log.record(&json!({
+                "ts": unix_seconds(),
+                "record": "welfare",
+                "thread": log_hash(seed, key),
+                "model": metrics.welfare.label(slot),
+                "streak": { "outcome": StreakOutcome::Idle.name(), "harmful_turns": turns },
+                "exposures": state.exposures,
+                "turn": state.turn,
+            }));
+        }
+    })
 }
 
 fn unix_seconds() -> f64 {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod convert;
 pub mod engine;
 mod error;
+pub mod oversize;
 mod service;
 pub mod validate;
 

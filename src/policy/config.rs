@@ -189,7 +189,9 @@ pub struct Policy {
     pub mode: Mode,
     /// Share of threads (by a hash of the thread key) the policy applies to, 0 to 100.
     pub rollout_percent: f32,
-    /// Glob patterns of models the policy is enabled for.
+    /// Glob patterns of models the policy is enabled for. Each entry but `*` also names a
+    /// welfare label: an event's model is counted under the first entry it matches, else
+    /// under `other`.
     pub models: Vec<String>,
     /// Rule per category; categories left out keep their default.
     pub categories: std::collections::BTreeMap<Category, CategoryRule>,
@@ -203,12 +205,17 @@ pub struct Policy {
     pub(crate) compiled: Compiled,
 }
 
+/// Models named for welfare figures at most (the state's model slot has 5 bits; 0 is `other`).
+pub const WELFARE_LABELS: usize = super::MODEL_SLOTS - 1;
+
 /// Derived lookups, rebuilt by `Policy::compile`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Compiled {
     rules: Option<[CategoryRule; CATEGORY_COUNT]>,
     models: Vec<glob::Pattern>,
     all_models: bool,
+    /// The welfare labels: the `models` entries but `*` (and `other`), first 31, deduplicated.
+    welfare: Vec<(String, glob::Pattern)>,
 }
 
 impl PartialEq for Compiled {
@@ -353,10 +360,18 @@ impl Policy {
                 return Err(err(format!("messages.{name}"), "must not be empty"));
             }
         }
+        let mut welfare: Vec<(String, glob::Pattern)> = Vec::new();
+        for (entry, pattern) in self.models.iter().zip(&models) {
+            let named = entry != "*" && entry != "other";
+            if named && !welfare.iter().any(|(e, _)| e == entry) && welfare.len() < WELFARE_LABELS {
+                welfare.push((entry.clone(), pattern.clone()));
+            }
+        }
         self.compiled = Compiled {
             rules: Some(rules),
             all_models: self.models.iter().any(|m| m == "*"),
             models,
+            welfare,
         };
         Ok(self)
     }
@@ -372,6 +387,21 @@ impl Policy {
     /// True if the policy is on for this model.
     pub fn model_enabled(&self, model: &str) -> bool {
         self.compiled.all_models || self.compiled.models.iter().any(|p| p.matches(model))
+    }
+
+    /// The welfare label of a model: the first `models` entry (other than `*`) it matches, as
+    /// written; `None` stands for `other`. Never the event's own string: the set is bounded.
+    pub fn welfare_label(&self, model: &str) -> Option<&str> {
+        self.compiled
+            .welfare
+            .iter()
+            .find(|(_, p)| p.matches(model))
+            .map(|(e, _)| e.as_str())
+    }
+
+    /// Every welfare label the policy names, in its order (`other` is implied).
+    pub fn welfare_labels(&self) -> impl Iterator<Item = &str> {
+        self.compiled.welfare.iter().map(|(e, _)| e.as_str())
     }
 
     /// True if this thread falls inside the rollout percentage.

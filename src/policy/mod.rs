@@ -13,7 +13,9 @@ mod state;
 mod tests;
 
 pub use config::{Messages, Mode, Policy, PolicyError, Tier};
-pub use state::{Flags, ForkError, HISTORY_TURNS, RECENT_EVENTS, ThreadState};
+pub use state::{
+    Flags, ForkError, HISTORY_TURNS, MODEL_SLOTS, RECENT_EVENTS, ThreadState, ThreadStateV2,
+};
 
 use crate::domain::{Category, CrisisKind, Scores};
 
@@ -104,6 +106,26 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// Every denial, in declaration order.
+    pub const ALL: [Denial; 5] = [
+        Denial::CrisisActive,
+        Denial::NotWarned,
+        Denial::NotPersisted,
+        Denial::ConfirmationPending,
+        Denial::CrisisSuspected,
+    ];
+
+    /// The stable snake_case name used in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Denial::CrisisActive => "crisis_active",
+            Denial::NotWarned => "not_warned",
+            Denial::NotPersisted => "not_persisted",
+            Denial::ConfirmationPending => "confirmation_pending",
+            Denial::CrisisSuspected => "crisis_suspected",
+        }
+    }
+
     /// The stable code sent in `Verdict.end_denied_detail`.
     pub fn code(self) -> &'static str {
         match self {
@@ -128,6 +150,8 @@ pub struct Summary {
     /// Crisis active, or a crisis score above the suspect threshold seen: never ended by
     /// escalation or by the model.
     pub crisis_suspected: bool,
+    /// Harmful and abusive user turns the assistant was exposed to on the thread; never reset.
+    pub exposures: u16,
 }
 
 /// The decision for one event, before `api` adds text (guidance, notices, resources).
@@ -307,7 +331,12 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
     state.turn = state.turn.saturating_add(1);
     let flags = &mut state.flags;
     let pending = flags.has(Flags::END_PENDING);
-    flags.clear(Flags::END_PENDING | Flags::WARNED_THIS_TURN | Flags::CONFIRM_WINDOW);
+    flags.clear(
+        Flags::END_PENDING
+            | Flags::WARNED_THIS_TURN
+            | Flags::CONFIRM_WINDOW
+            | Flags::EXPOSED_THIS_TURN,
+    );
     if pending {
         flags.set(Flags::CONFIRM_WINDOW);
     }
@@ -379,7 +408,9 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
 
     esc.benign_streak = 0;
     esc.redirects = esc.redirects.saturating_add(1);
-    flags.set(Flags::LAST_HARMFUL);
+    flags.set(Flags::LAST_HARMFUL | Flags::EXPOSED_THIS_TURN);
+    // Every harmful turn exposes the assistant, whatever its tier or the crisis state.
+    state.exposures = state.exposures.saturating_add(1);
     verdict.action = Action::Redirect;
     verdict.category = Some(category);
     let base_reason = if category == Category::Abuse {

@@ -3,9 +3,10 @@
 //!
 //! Compact and fixed-size on purpose (72 bytes, no heap): a million idle threads must fit in a
 //! couple of hundred megabytes. Fork snapshots are 3 packed bytes per turn; replay entries are one
-//! `u64` each (a 44-bit event-id hash and a 20-bit decision). Holds no message text, ever; the
-//! state file is a dump of this type, replay ring included, so retries are recognised across a
-//! restart too.
+//! `u64` each (a 44-bit event-id hash and a 20-bit decision); the two ring positions share a
+//! byte, and the welfare model slot lives in the flags' top bits, which is what made room for
+//! the exposure count. Holds no message text, ever; the state file is a dump of this type,
+//! replay ring included, so retries are recognised across a restart too.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,13 @@ impl Flags {
     /// A crisis score above the suspect threshold was seen: nothing ends the thread any more.
     /// Sticky.
     pub const CRISIS_SUSPECTED: u16 = 1 << 9;
+    /// The latest user turn was harmful or abusive: one more exposure of the assistant. Kept in
+    /// fork snapshots, so that a branch's exposure count leaves out the turns it drops.
+    pub const EXPOSED_THIS_TURN: u16 = 1 << 10;
+    /// Bits 11..=15 are not flags: they hold the thread's welfare model slot
+    /// (`ThreadState::model_slot`).
+    const MODEL_SHIFT: u32 = 11;
+    const MODEL_BITS: u16 = 0b1_1111 << Self::MODEL_SHIFT;
 
     /// True if every bit of `bits` is set.
     pub fn has(self, bits: u16) -> bool {
@@ -84,8 +92,16 @@ pub enum ForkError {
     TooOld { after: u32, oldest: u32 },
 }
 
+/// Model slots a thread can name (`ThreadState::model_slot`): 0 is `other`.
+pub const MODEL_SLOTS: usize = 32;
+
 /// The flags a fork snapshot keeps (the rest are cleared or taken from the parent).
-const SNAPSHOT_FLAGS: [u16; 3] = [Flags::WARNED, Flags::SEVERE, Flags::LAST_HARMFUL];
+const SNAPSHOT_FLAGS: [u16; 4] = [
+    Flags::WARNED,
+    Flags::SEVERE,
+    Flags::LAST_HARMFUL,
+    Flags::EXPOSED_THIS_TURN,
+];
 
 fn pack_snapshot(esc: Escalation, flags: Flags) -> [u8; 3] {
     let c = |v: u8| u32::from(v.min(SNAPSHOT_MAX));
@@ -117,13 +133,7 @@ fn unpack_snapshot(s: [u8; 3]) -> (Escalation, Flags) {
 
 const ACTIONS: [Action; 3] = Action::ALL;
 const REASONS: [Reason; 10] = Reason::ALL;
-const DENIALS: [Denial; 5] = [
-    Denial::CrisisActive,
-    Denial::NotWarned,
-    Denial::NotPersisted,
-    Denial::ConfirmationPending,
-    Denial::CrisisSuspected,
-];
+const DENIALS: [Denial; 5] = Denial::ALL;
 const CRISES: [CrisisKind; 3] = CrisisKind::ALL;
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> u64 {
@@ -190,9 +200,12 @@ pub struct ThreadState {
     pub last_active: u32,
     pub flags: Flags,
     pub esc: Escalation,
-    /// How many consecutive turns ending at `turn` have a fork snapshot.
-    history_len: u8,
-    recent_next: u8,
+    /// Harmful and abusive user turns on the thread (and on its parent up to the fork point):
+    /// what the assistant was exposed to. Never reset by decay; saturates.
+    pub exposures: u16,
+    /// Low 4 bits: how many consecutive turns ending at `turn` have a fork snapshot. Bits 4-5:
+    /// the next replay slot.
+    cursor: u8,
     /// Fork snapshots, indexed by turn modulo `HISTORY_TURNS`.
     history: [[u8; 3]; HISTORY_TURNS],
     /// Replay entries: event-id hash (high 44 bits) and packed decision (low 20 bits).
@@ -200,9 +213,42 @@ pub struct ThreadState {
 }
 
 impl ThreadState {
+    fn history_len(&self) -> u8 {
+        self.cursor & 0x0f
+    }
+
+    fn set_history_len(&mut self, len: u8) {
+        self.cursor = (self.cursor & !0x0f) | (len & 0x0f);
+    }
+
+    fn recent_next(&self) -> u8 {
+        self.cursor >> 4 & 0x03
+    }
+
+    fn set_recent_next(&mut self, next: u8) {
+        self.cursor = (self.cursor & 0x0f) | (next & 0x03) << 4;
+    }
+
+    /// The thread's welfare model slot: which model label its welfare figures go to when the
+    /// store forgets it (0: `other`). The slot numbers are the metrics registry's.
+    pub fn model_slot(&self) -> u8 {
+        ((self.flags.0 & Flags::MODEL_BITS) >> Flags::MODEL_SHIFT) as u8
+    }
+
+    /// Sets the welfare model slot (`slot` below [`MODEL_SLOTS`]; larger ones become 0).
+    pub fn set_model_slot(&mut self, slot: u8) {
+        let slot = if usize::from(slot) < MODEL_SLOTS {
+            u16::from(slot)
+        } else {
+            0
+        };
+        self.flags.0 = (self.flags.0 & !Flags::MODEL_BITS) | slot << Flags::MODEL_SHIFT;
+    }
+
     /// The summary exposed to callers.
     pub fn summary(&self) -> Summary {
         Summary {
+            exposures: self.exposures,
             turn: self.turn,
             harmful_turns: self.esc.strikes,
             redirects: self.esc.redirects,
@@ -261,28 +307,28 @@ impl ThreadState {
     }
 
     pub(super) fn remember(&mut self, id: u64, verdict: &Verdict) {
-        let slot = self.recent_next as usize % RECENT_EVENTS;
+        let slot = self.recent_next() as usize % RECENT_EVENTS;
         self.recent[slot] = hash_bits(id) | pack_decision(verdict);
-        self.recent_next = ((slot + 1) % RECENT_EVENTS) as u8;
+        self.set_recent_next(((slot + 1) % RECENT_EVENTS) as u8);
     }
 
     /// Records the state as of the current turn, for later forks; `new_turn` after a user turn.
     pub(super) fn checkpoint(&mut self, new_turn: bool) {
         self.history[self.turn as usize % HISTORY_TURNS] = pack_snapshot(self.esc, self.flags);
-        if new_turn || self.history_len == 0 {
-            self.history_len = (self.history_len + 1).min(HISTORY_TURNS as u8);
+        if new_turn || self.history_len() == 0 {
+            self.set_history_len((self.history_len() + 1).min(HISTORY_TURNS as u8));
         }
     }
 
     /// The oldest turn a fork can start from (0 is always possible).
     fn oldest_forkable(&self) -> u32 {
         (self.turn + 1)
-            .saturating_sub(u32::from(self.history_len))
+            .saturating_sub(u32::from(self.history_len()))
             .max(1)
     }
 
     /// A new branch from this thread's state as of `after_turn`, unended, inheriting crisis
-    /// and crisis suspicion.
+    /// and crisis suspicion, the model slot, and the exposures of the turns it keeps.
     pub fn fork(&self, after_turn: u32) -> Result<ThreadState, ForkError> {
         if after_turn > self.turn {
             return Err(ForkError::FutureTurn {
@@ -296,7 +342,7 @@ impl ThreadState {
             ..ThreadState::default()
         };
         if after_turn > 0 {
-            let retained = u32::from(self.history_len);
+            let retained = u32::from(self.history_len());
             if self.turn - after_turn >= retained {
                 return Err(ForkError::TooOld {
                     after: after_turn,
@@ -308,8 +354,17 @@ impl ThreadState {
             branch.flags = flags;
             // The snapshots of turns up to `after_turn` carry over; the slots are the same.
             branch.history = self.history;
-            branch.history_len = (retained - (self.turn - after_turn)) as u8;
+            branch.set_history_len((retained - (self.turn - after_turn)) as u8);
+            // The turns after the fork point are all retained (checked above): drop theirs.
+            let dropped = (after_turn + 1..=self.turn)
+                .filter(|t| {
+                    let (_, f) = unpack_snapshot(self.history[*t as usize % HISTORY_TURNS]);
+                    f.has(Flags::EXPOSED_THIS_TURN)
+                })
+                .count() as u16;
+            branch.exposures = self.exposures.saturating_sub(dropped);
         }
+        branch.set_model_slot(self.model_slot());
         // Crisis is inherited from the parent as it is now, whatever the fork point.
         branch.flags.set(
             self.flags.0 & (Flags::CRISIS_SELF | Flags::CRISIS_OTHERS | Flags::CRISIS_SUSPECTED),
@@ -318,9 +373,70 @@ impl ThreadState {
     }
 }
 
+/// `ThreadState` as state files of format 2 (`TWSNAP02`) hold it, before the exposure count.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ThreadStateV2 {
+    pub turn: u32,
+    pub last_active: u32,
+    pub flags: Flags,
+    pub esc: Escalation,
+    pub history_len: u8,
+    pub recent_next: u8,
+    pub history: [[u8; 3]; HISTORY_TURNS],
+    pub recent: [u64; RECENT_EVENTS],
+}
+
+impl From<ThreadStateV2> for ThreadState {
+    /// Exposures start at 0: a format-2 file never counted them.
+    fn from(v2: ThreadStateV2) -> ThreadState {
+        let mut s = ThreadState {
+            turn: v2.turn,
+            last_active: v2.last_active,
+            flags: Flags(v2.flags.0 & (Flags::EXPOSED_THIS_TURN - 1)),
+            esc: v2.esc,
+            history: v2.history,
+            recent: v2.recent,
+            ..ThreadState::default()
+        };
+        s.set_history_len(v2.history_len.min(HISTORY_TURNS as u8));
+        s.set_recent_next(v2.recent_next % RECENT_EVENTS as u8);
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_and_model_slot_keep_their_bits() {
+        let mut s = ThreadState::default();
+        s.flags
+            .set(Flags::CRISIS_SUSPECTED | Flags::EXPOSED_THIS_TURN);
+        s.set_model_slot(31);
+        s.set_history_len(8);
+        s.set_recent_next(3);
+        assert_eq!(
+            (s.model_slot(), s.history_len(), s.recent_next()),
+            (31, 8, 3)
+        );
+        assert!(
+            s.flags
+                .has(Flags::CRISIS_SUSPECTED | Flags::EXPOSED_THIS_TURN)
+        );
+        s.set_model_slot(5);
+        s.set_history_len(2);
+        assert_eq!(
+            (s.model_slot(), s.history_len(), s.recent_next()),
+            (5, 2, 3)
+        );
+        s.set_model_slot(32);
+        assert_eq!(s.model_slot(), 0, "out of range: other");
+        assert!(
+            s.flags
+                .has(Flags::CRISIS_SUSPECTED | Flags::EXPOSED_THIS_TURN)
+        );
+    }
 
     #[test]
     fn thread_state_stays_compact() {

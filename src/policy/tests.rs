@@ -877,3 +877,53 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn exposures_count_every_harmful_user_turn_and_survive_decay() {
+    let mut t = Thread::new();
+    t.user(harm(Category::Hate, 0.9));
+    t.user(harm(Category::Abuse, 0.9));
+    t.user(benign());
+    t.user(harm(Category::SelfHarm, 0.9));
+    assert_eq!(
+        t.state.summary().exposures,
+        3,
+        "redirect-only, abuse, crisis-tier"
+    );
+    // A refusal is a redirection attempt, not an exposure to a user's turn.
+    t.assistant(true, false);
+    assert_eq!(t.state.summary().exposures, 3);
+    for _ in 0..6 {
+        t.user(benign());
+    }
+    assert_eq!(t.state.esc.redirects, 0, "decayed");
+    assert_eq!(
+        t.state.summary().exposures,
+        3,
+        "exposure is never forgotten"
+    );
+}
+
+#[test]
+fn a_branch_keeps_the_exposures_of_the_turns_it_shares() {
+    let mut t = Thread::new();
+    t.user(harm(Category::Hate, 0.9)); // turn 1: exposed
+    t.user(benign()); // turn 2
+    t.user(harm(Category::Abuse, 0.9)); // turn 3: exposed
+    t.assistant(true, false);
+    t.user(harm(Category::Sexual, 0.9)); // turn 4: exposed
+    assert_eq!(t.state.summary().exposures, 3);
+    let exposures = |after| t.state.fork(after).unwrap().exposures;
+    assert_eq!(
+        (
+            exposures(4),
+            exposures(3),
+            exposures(2),
+            exposures(1),
+            exposures(0)
+        ),
+        (3, 2, 1, 1, 0)
+    );
+    t.state.set_model_slot(7);
+    assert_eq!(t.state.fork(2).unwrap().model_slot(), 7);
+}

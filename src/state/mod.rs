@@ -1,7 +1,9 @@
 //! `ThreadStore`: every thread's `ThreadState`, keyed by a 128-bit hash of (tenant, thread).
 //!
 //! Owns idle-TTL and capacity eviction (least recently active first, locked and crisis threads
-//! last), the sweeper task, and the snapshot file. Must not hold a map entry across `.await`:
+//! last), the sweeper task, and the snapshot file. Whoever needs to know what a forgotten thread
+//! held (the welfare figures) registers one `on_forget` hook; it runs under the shard lock, so it
+//! must be quick and never block: count, or queue a record without waiting. Must not hold a map entry across `.await`:
 //! every access is a closure run under the shard lock, which is why a sync lock is right here
 //! (as mini-redis argues for its `Db`).
 
@@ -10,8 +12,8 @@ mod snapshot;
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -125,7 +127,11 @@ struct Shared {
     epoch: Instant,
     evictions: AtomicU64,
     full: Notify,
+    on_forget: OnceLock<ForgetHook>,
 }
+
+/// Called with each thread the store forgets (idle TTL or capacity), under its shard's lock.
+pub type ForgetHook = Box<dyn Fn(ThreadKey, &ThreadState) + Send + Sync>;
 
 /// A branch could not be created because the thread id is taken.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,8 +159,14 @@ impl ThreadStore {
                 epoch: Instant::now(),
                 evictions: AtomicU64::new(0),
                 full: Notify::new(),
+                on_forget: OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets the hook told of every thread the store forgets; only the first call takes effect.
+    pub fn on_forget(&self, hook: ForgetHook) {
+        let _ = self.shared.on_forget.set(hook);
     }
 
     /// Seconds since the store was created (the clock of `ThreadState::last_active`).
@@ -254,13 +266,18 @@ impl ThreadStore {
         let locked_ttl = secs(self.shared.config.locked_ttl).max(ttl);
         let now = self.now();
         let before = self.shared.map.len();
-        self.shared.map.retain(|_, s| {
+        let hook = self.shared.on_forget.get();
+        self.shared.map.retain(|key, s| {
             let limit = if s.ended() || s.crisis_kind().is_some() {
                 locked_ttl
             } else {
                 ttl
             };
-            now.saturating_sub(s.last_active) <= limit
+            let keep = now.saturating_sub(s.last_active) <= limit;
+            if !keep && let Some(hook) = hook {
+                hook(*key, s);
+            }
+            keep
         });
         let evicted = before.saturating_sub(self.recount());
         self.shared
@@ -296,8 +313,12 @@ impl ThreadStore {
             candidates.select_nth_unstable(excess);
         }
         let mut evicted = 0;
+        let hook = self.shared.on_forget.get();
         for (_, _, key) in &candidates[..excess] {
-            if self.shared.map.remove(key).is_some() {
+            if let Some((key, state)) = self.shared.map.remove(key) {
+                if let Some(hook) = hook {
+                    hook(key, &state);
+                }
                 evicted += 1;
             }
         }
@@ -334,15 +355,22 @@ impl ThreadStore {
         SweeperGuard(handle)
     }
 
-    /// Writes every thread's state to `path` atomically (temp file, fsync, rename).
-    pub fn snapshot_to(&self, path: &Path) -> Result<usize, SnapshotError> {
-        snapshot::write(&self.shared.map, path)
+    /// Writes every thread's state to `path` atomically (temp file, fsync, rename), with the
+    /// labels of the model slots the states name (`labels[i]` is slot `i + 1`'s).
+    pub fn snapshot_to(&self, path: &Path, labels: &[&str]) -> Result<usize, SnapshotError> {
+        snapshot::write(&self.shared.map, path, labels)
     }
 
-    /// Loads threads from a snapshot written by `snapshot_to`; returns how many.
-    pub fn restore_from(&self, path: &Path) -> Result<usize, SnapshotError> {
+    /// Loads threads from a snapshot written by `snapshot_to`; returns how many. `slot_of`
+    /// gives this process's slot for each label the file names, and every state's model slot
+    /// is renumbered to it (so a label keeps its threads whatever the order of registration).
+    pub fn restore_from(
+        &self,
+        path: &Path,
+        slot_of: impl Fn(&str) -> u8,
+    ) -> Result<usize, SnapshotError> {
         let now = self.now();
-        let restored = snapshot::read(path, |key, mut state| {
+        let restored = snapshot::read(path, slot_of, |key, mut state| {
             // The snapshot's clock was another process's: restart every thread's idle time.
             state.last_active = now;
             self.shared.map.insert(key, state);

@@ -139,23 +139,101 @@ async fn snapshot_round_trip_keeps_ended_threads() {
     for i in 0..500u128 {
         s.with_thread(ThreadKey::from_u128(i), |st| {
             st.turn = i as u32;
+            st.exposures = 1000 + i as u16;
+            st.set_model_slot((i % 32) as u8);
             if i % 2 == 0 {
                 st.flags.set(Flags::ENDED);
             }
         });
     }
-    assert_eq!(s.snapshot_to(&path).unwrap(), 500);
+    assert_eq!(s.snapshot_to(&path, &["a", "b", "c"]).unwrap(), 500);
     assert!(
         !path.with_extension("tmp").exists(),
         "temp file renamed away"
     );
+    // The restoring process numbers the labels its own way: c=1, a=2, b=5.
     let restored = store(1000, 3600);
-    assert_eq!(restored.restore_from(&path).unwrap(), 500);
+    let slot_of = |l: &str| match l {
+        "c" => 1,
+        "a" => 2,
+        "b" => 5,
+        _ => panic!("{l}"),
+    };
+    assert_eq!(restored.restore_from(&path, slot_of).unwrap(), 500);
     for i in 0..500u128 {
         let st: ThreadState = restored.get(ThreadKey::from_u128(i)).unwrap();
         assert_eq!(st.turn, i as u32);
         assert_eq!(st.ended(), i % 2 == 0);
+        assert_eq!(st.exposures, 1000 + i as u16, "exposures survive");
+        let want = match i % 32 {
+            1 => 2, // a
+            2 => 5, // b
+            3 => 1, // c
+            _ => 0, // other, or a slot the file names no label for
+        };
+        assert_eq!(st.model_slot(), want, "the model keeps its label");
     }
+}
+
+/// A format-2 file (before the exposure count) is still read: its locks are kept.
+#[tokio::test]
+async fn a_format_2_snapshot_is_still_read() {
+    use crate::policy::ThreadStateV2;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.bin");
+    let mut bytes = b"TWSNAP02".to_vec();
+    for i in 0..3u128 {
+        let mut v2 = ThreadStateV2 {
+            turn: 7 + i as u32,
+            history_len: 8,
+            recent_next: 3,
+            ..ThreadStateV2::default()
+        };
+        v2.flags.set(Flags::ENDED | Flags::WARNED);
+        let mut record = i.to_le_bytes().to_vec();
+        record = postcard::to_extend(&v2, record).unwrap();
+        bytes.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&record);
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let s = store(10, 10);
+    assert_eq!(s.restore_from(&path, |_| 9).unwrap(), 3);
+    let st = s.get(ThreadKey::from_u128(2)).unwrap();
+    assert_eq!(st.turn, 9);
+    assert!(st.ended() && st.flags.has(Flags::WARNED));
+    assert_eq!((st.exposures, st.model_slot()), (0, 0));
+}
+
+/// The forget hook hears of every thread the store forgets, idle or over capacity, and of
+/// nothing else.
+#[tokio::test(start_paused = true)]
+async fn the_forget_hook_sees_every_evicted_thread() {
+    use std::sync::Mutex;
+    let s = store(4, 60);
+    let forgotten = Arc::new(Mutex::new(Vec::new()));
+    let seen = forgotten.clone();
+    s.on_forget(Box::new(move |key, st| {
+        seen.lock().unwrap().push((key, st.exposures))
+    }));
+    for i in 0..3u128 {
+        s.with_thread(ThreadKey::from_u128(i), |st| st.exposures = i as u16);
+    }
+    tokio::time::advance(Duration::from_secs(90)).await;
+    for i in 3..9u128 {
+        s.with_thread(ThreadKey::from_u128(i), |st| st.exposures = i as u16);
+    }
+    assert_eq!(s.evict_idle(), 3);
+    let mut idle = forgotten.lock().unwrap().clone();
+    idle.sort();
+    assert_eq!(
+        idle,
+        (0..3u128)
+            .map(|i| (ThreadKey::from_u128(i), i as u16))
+            .collect::<Vec<_>>()
+    );
+    let evicted = s.evict_over_capacity();
+    assert_eq!(forgotten.lock().unwrap().len(), 3 + evicted);
+    assert!(evicted >= 2);
 }
 
 #[test]
@@ -164,12 +242,12 @@ fn corrupt_snapshots_are_rejected_with_the_path() {
     let path = dir.path().join("bad.bin");
     std::fs::write(&path, b"not a snapshot").unwrap();
     let s = store(10, 10);
-    let err = s.restore_from(&path).unwrap_err().to_string();
+    let err = s.restore_from(&path, |_| 0).unwrap_err().to_string();
     assert!(err.contains("bad.bin") && err.contains("header"), "{err}");
     let mut bytes = b"TWSNAP02".to_vec();
     bytes.extend_from_slice(&9999u32.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
-    let err = s.restore_from(&path).unwrap_err().to_string();
+    let err = s.restore_from(&path, |_| 0).unwrap_err().to_string();
     assert!(err.contains("corrupt record 0"), "{err}");
 }
 

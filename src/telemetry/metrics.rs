@@ -5,13 +5,19 @@
 //! with no hashing and no lock on the hot path. The same atomics are rendered as Prometheus text
 //! (`/metrics`) and read by OpenTelemetry observable instruments (OTLP). No label ever carries
 //! a thread id, a tenant id or text.
+//!
+//! The welfare figures ([`Welfare`]) are labelled by `model`, a closed set too: the models the
+//! policy names (at most 31, registered once each and never freed, so their `&'static str`
+//! costs a bounded leak) plus `other`. Each label is a slot of fixed atomics; only a welfare
+//! event (a harmful turn, a closed streak, an end, a model's end request) looks a slot up.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use crate::domain::CrisisKind;
-use crate::policy::{Action, Reason};
+use crate::domain::{CATEGORY_COUNT, Category, CrisisKind};
+use crate::policy::{Action, Denial, MODEL_SLOTS, Reason};
 use crate::state::shared::Cause;
 
 const ACTIONS: [Action; 3] = Action::ALL;
@@ -36,7 +42,7 @@ const NOTIFICATION_RESULTS: [&str; 4] = ["sent", "retried", "failed", "dropped"]
 const CONNECTION_REJECTIONS: [&str; 2] = ["limit", "handshake_timeout"];
 
 /// Every counter's name (series with zero values may be omitted from a render, names never are).
-pub const COUNTER_NAMES: [&str; 13] = [
+pub const COUNTER_NAMES: [&str; 16] = [
     "threadwarden_events_total",
     "threadwarden_verdicts_total",
     "threadwarden_ends_total",
@@ -50,7 +56,13 @@ pub const COUNTER_NAMES: [&str; 13] = [
     "threadwarden_policy_reloads_total",
     "threadwarden_crisis_notifications_total",
     "threadwarden_connections_rejected_total",
+    "threadwarden_welfare_exposures_total",
+    "threadwarden_welfare_model_end_requests_total",
+    "threadwarden_welfare_ends_total",
 ];
+
+/// The welfare streak histogram's name.
+pub const STREAK_HISTOGRAM: &str = "threadwarden_welfare_harmful_streak_turns";
 
 fn action_index(a: Action) -> usize {
     a as usize
@@ -113,6 +125,267 @@ impl Histogram {
     }
 }
 
+/// How a thread's harmful streak (its escalation episode) closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreakOutcome {
+    /// The user turned benign for `decay_benign_turns` turns: the redirects took hold.
+    Turned,
+    /// The thread was ENDed.
+    Ended,
+    /// The store forgot the thread (idle TTL or capacity) with the streak still open.
+    Idle,
+}
+
+impl StreakOutcome {
+    const ALL: [StreakOutcome; 3] = [
+        StreakOutcome::Turned,
+        StreakOutcome::Ended,
+        StreakOutcome::Idle,
+    ];
+
+    /// The stable label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreakOutcome::Turned => "turned",
+            StreakOutcome::Ended => "ended",
+            StreakOutcome::Idle => "idle",
+        }
+    }
+}
+
+/// Upper bounds of the streak buckets, in harmful turns.
+pub const STREAK_BUCKETS: [u64; 10] = [1, 2, 3, 4, 5, 6, 8, 10, 15, 25];
+/// The ENDs counted per model, by reason.
+const WELFARE_END_REASONS: [Reason; 4] = [
+    Reason::PersistentHarm,
+    Reason::PersistentAbuse,
+    Reason::ModelRequested,
+    Reason::UserRequested,
+];
+
+/// A histogram of harmful-turn counts.
+#[derive(Default)]
+struct StreakHistogram {
+    buckets: [AtomicU64; STREAK_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+/// One model label's welfare figures.
+#[derive(Default)]
+struct ModelWelfare {
+    exposures: [AtomicU64; CATEGORY_COUNT],
+    streaks: [StreakHistogram; 3],
+    /// Granted, then one per denial in `Denial::ALL` order.
+    end_requests: [AtomicU64; 1 + Denial::ALL.len()],
+    ends: [AtomicU64; WELFARE_END_REASONS.len()],
+}
+
+/// What the assistant was put through, per model label. Slot 0 is `other`.
+#[derive(Default)]
+pub struct Welfare {
+    /// Labels of slots 1.., in order of registration; append-only.
+    labels: RwLock<Vec<&'static str>>,
+    slots: [ModelWelfare; MODEL_SLOTS],
+    /// The OTLP histogram, once an exporter is set up.
+    otel_streaks: OnceLock<opentelemetry::metrics::Histogram<u64>>,
+}
+
+impl Welfare {
+    /// The slot of a welfare label (`None`: `other`), registering it on first use while there
+    /// is room (then `other`).
+    pub fn slot(&self, label: Option<&str>) -> u8 {
+        let Some(label) = label.filter(|l| *l != "other") else {
+            return 0;
+        };
+        let find = |labels: &[&'static str]| labels.iter().position(|l| *l == label);
+        let labels = self.labels.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = find(&labels) {
+            return i as u8 + 1;
+        }
+        drop(labels);
+        let mut labels = self.labels.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = find(&labels) {
+            return i as u8 + 1;
+        }
+        if labels.len() + 1 >= MODEL_SLOTS {
+            return 0;
+        }
+        labels.push(Box::leak(label.to_owned().into_boxed_str()));
+        labels.len() as u8
+    }
+
+    /// The label of a slot (`other` for 0 or an unknown slot).
+    pub fn label(&self, slot: u8) -> &'static str {
+        let labels = self.labels.read().unwrap_or_else(|e| e.into_inner());
+        match usize::from(slot).checked_sub(1) {
+            Some(i) => labels.get(i).copied().unwrap_or("other"),
+            None => "other",
+        }
+    }
+
+    /// The labels of slots 1.., in slot order (what a state file stores beside the slots).
+    pub fn labels(&self) -> Vec<&'static str> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every label, `other` first, with its slot.
+    fn labelled(&self) -> Vec<(&'static str, usize)> {
+        let labels = self.labels.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once("other")
+            .chain(labels.iter().copied())
+            .enumerate()
+            .map(|(i, l)| (l, i))
+            .collect()
+    }
+
+    fn of(&self, slot: u8) -> &ModelWelfare {
+        &self.slots[usize::from(slot).min(MODEL_SLOTS - 1)]
+    }
+
+    /// Counts one harmful or abusive user turn the assistant was exposed to.
+    pub fn exposure(&self, slot: u8, category: Category) {
+        self.of(slot).exposures[category.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Records the harmful turns a streak reached when it closed.
+    pub fn streak(&self, slot: u8, outcome: StreakOutcome, harmful_turns: u64) {
+        let h = &self.of(slot).streaks[outcome as usize];
+        if let Some(i) = STREAK_BUCKETS.iter().position(|b| harmful_turns <= *b) {
+            h.buckets[i].fetch_add(1, Relaxed);
+        }
+        h.count.fetch_add(1, Relaxed);
+        h.sum.fetch_add(harmful_turns, Relaxed);
+        if let Some(otel) = self.otel_streaks.get() {
+            otel.record(
+                harmful_turns,
+                &[
+                    opentelemetry::KeyValue::new("model", self.label(slot)),
+                    opentelemetry::KeyValue::new("outcome", outcome.name()),
+                ],
+            );
+        }
+    }
+
+    /// Counts one of the model's own end requests: granted (`None`) or denied, and why.
+    pub fn end_request(&self, slot: u8, denied: Option<Denial>) {
+        let i = denied.map_or(0, |d| {
+            1 + Denial::ALL.iter().position(|x| *x == d).unwrap_or(0)
+        });
+        self.of(slot).end_requests[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a thread ENDed (or that shadow mode would have ended), by reason.
+    pub fn end(&self, slot: u8, reason: Reason) {
+        if let Some(i) = WELFARE_END_REASONS.iter().position(|r| *r == reason) {
+            self.of(slot).ends[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The count of one streak outcome (for tests and the dashboard's sanity).
+    pub fn streak_count(&self, slot: u8, outcome: StreakOutcome) -> u64 {
+        self.of(slot).streaks[outcome as usize].count.load(Relaxed)
+    }
+
+    /// Sets the OTLP histogram the streaks are also recorded into.
+    pub fn export_streaks(&self, histogram: opentelemetry::metrics::Histogram<u64>) {
+        let _ = self.otel_streaks.set(histogram);
+    }
+
+    fn counters(&self, f: &mut impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
+        let labelled = self.labelled();
+        for (model, slot) in &labelled {
+            for c in Category::ALL {
+                f(
+                    "threadwarden_welfare_exposures_total",
+                    vec![("model", model), ("category", c.name())],
+                    self.slots[*slot].exposures[c.index()].load(Relaxed),
+                );
+            }
+        }
+        for (model, slot) in &labelled {
+            let requests = &self.slots[*slot].end_requests;
+            f(
+                "threadwarden_welfare_model_end_requests_total",
+                vec![("model", model), ("outcome", "granted"), ("reason", "none")],
+                requests[0].load(Relaxed),
+            );
+            for (i, d) in Denial::ALL.iter().enumerate() {
+                f(
+                    "threadwarden_welfare_model_end_requests_total",
+                    vec![
+                        ("model", model),
+                        ("outcome", "denied"),
+                        ("reason", d.name()),
+                    ],
+                    requests[1 + i].load(Relaxed),
+                );
+            }
+        }
+        for (model, slot) in &labelled {
+            for (i, r) in WELFARE_END_REASONS.iter().enumerate() {
+                f(
+                    "threadwarden_welfare_ends_total",
+                    vec![("model", model), ("reason", r.name())],
+                    self.slots[*slot].ends[i].load(Relaxed),
+                );
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = STREAK_HISTOGRAM;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Harmful user turns a thread's streak reached when it closed, by model and outcome (turned, ended, idle).\n# TYPE {name} histogram"
+        );
+        for (model, slot) in self.labelled() {
+            let model = escape(model);
+            for outcome in StreakOutcome::ALL {
+                let h = &self.slots[slot].streaks[outcome as usize];
+                let o = outcome.name();
+                let mut cumulative = 0;
+                for (bound, n) in STREAK_BUCKETS.iter().zip(&h.buckets) {
+                    cumulative += n.load(Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{model=\"{model}\",outcome=\"{o}\",le=\"{bound}\"}} {cumulative}"
+                    );
+                }
+                let count = h.count.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{model=\"{model}\",outcome=\"{o}\",le=\"+Inf\"}} {count}"
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{{model=\"{model}\",outcome=\"{o}\"}} {}",
+                    h.sum.load(Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}_count{{model=\"{model}\",outcome=\"{o}\"}} {count}"
+                );
+            }
+        }
+    }
+}
+
+/// Escapes a label value for the text exposition (policy-written model labels may hold `"`).
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
 /// All of threadwarden's metrics. Shared as `Arc<Metrics>`.
 #[derive(Default)]
 pub struct Metrics {
@@ -139,6 +412,8 @@ pub struct Metrics {
     connections_rejected: [AtomicU64; 2],
     /// The shared state backend (Redis); zero with the memory backend.
     pub backend: BackendMetrics,
+    /// What the assistant was put through, per model.
+    pub welfare: Welfare,
 }
 
 /// The shared state backend's instruments (`--state-backend redis://…`).
@@ -448,6 +723,7 @@ impl Metrics {
             );
         }
         self.backend.counters(&mut f);
+        self.welfare.counters(&mut f);
     }
 
     /// Visits every gauge sample as (metric, value).
@@ -477,7 +753,10 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
                 last = name;
             }
-            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             if labels.is_empty() {
                 let _ = writeln!(out, "{name} {value}");
             } else {
@@ -506,6 +785,7 @@ impl Metrics {
             "threadwarden_state_backend_duration_seconds",
             "Time of one shared-state (Redis) operation.",
         );
+        self.welfare.render(&mut out);
         let _ = writeln!(
             out,
             "# HELP threadwarden_build_info Build information.\n# TYPE threadwarden_build_info gauge\nthreadwarden_build_info{{version=\"{}\"}} 1",
@@ -556,6 +836,15 @@ fn help(name: &str) -> &'static str {
         "threadwarden_state_backend_up" => {
             "1 while the shared state store answers, 0 while not, -1 for the memory backend."
         }
+        "threadwarden_welfare_exposures_total" => {
+            "Harmful and abusive user turns the assistant was exposed to, by model and category."
+        }
+        "threadwarden_welfare_model_end_requests_total" => {
+            "The model's own end requests, by model, outcome (granted, denied) and denial reason."
+        }
+        "threadwarden_welfare_ends_total" => {
+            "Threads ended (or that shadow mode would have ended), by model and reason."
+        }
         "threadwarden_active_threads" => "Threads held in memory.",
         "threadwarden_open_streams" => "Open Moderate streams.",
         "threadwarden_snapshot_age_seconds" => {
@@ -588,6 +877,41 @@ mod tests {
                 "{name}"
             )
         });
+    }
+
+    #[test]
+    fn welfare_labels_are_bounded_and_escaped() {
+        let m = Metrics::default();
+        assert_eq!(m.welfare.slot(None), 0);
+        assert_eq!(m.welfare.slot(Some("other")), 0, "`other` is slot 0");
+        assert_eq!(m.welfare.slot(Some("we\"ird")), 1);
+        for i in 2..MODEL_SLOTS {
+            assert_eq!(usize::from(m.welfare.slot(Some(&format!("m{i}")))), i);
+        }
+        assert_eq!(m.welfare.slot(Some("one-too-many")), 0, "full: other");
+        assert_eq!(
+            m.welfare.slot(Some("m7")),
+            7,
+            "a known label keeps its slot"
+        );
+        assert_eq!(m.welfare.label(7), "m7");
+        assert_eq!(m.welfare.label(0), "other");
+        m.welfare.exposure(1, Category::Abuse);
+        m.welfare.streak(1, StreakOutcome::Idle, 30);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "threadwarden_welfare_exposures_total{model=\"we\\\"ird\",category=\"abuse\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "threadwarden_welfare_harmful_streak_turns_bucket{model=\"we\\\"ird\",outcome=\"idle\",le=\"25\"} 0"
+        ));
+        assert!(text.contains(
+            "threadwarden_welfare_harmful_streak_turns_count{model=\"we\\\"ird\",outcome=\"idle\"} 1"
+        ));
+        assert!(!text.contains("one-too-many"));
     }
 
     #[test]

@@ -213,6 +213,15 @@ fn register_observables(provider: &opentelemetry_sdk::metrics::SdkMeterProvider,
             })
             .build();
     }
+    // The welfare streaks are a real OTLP histogram, recorded as they close (an observable
+    // instrument cannot carry buckets).
+    m.welfare.export_streaks(
+        meter
+            .u64_histogram(metrics::STREAK_HISTOGRAM)
+            .with_description("Harmful user turns a thread's streak reached when it closed.")
+            .with_boundaries(metrics::STREAK_BUCKETS.iter().map(|b| *b as f64).collect())
+            .build(),
+    );
     let mut gauges: Vec<&'static str> = Vec::new();
     m.gauges(|name, _| gauges.push(name));
     for name in gauges {

@@ -71,6 +71,7 @@ def test_unary_thread_summary_and_feedback(pb, stub):
     assert v.action == pb2.ACTION_CONTINUE
     summary = stub.GetThread(pb2.GetThreadRequest(tenant_id="py", thread_id="py-c")).thread
     assert summary.turn == 1 and not summary.ended
+    assert summary.exposures == 0, "a benign turn exposes the assistant to nothing"
     stub.SubmitFeedback(pb2.SubmitFeedbackRequest(tenant_id="py", thread_id="py-c", event_id="e1",
                                                   rating=pb2.RATING_THUMBS_UP))
     with pytest.raises(grpc.RpcError) as e:
@@ -89,3 +90,43 @@ def test_user_requested_end_needs_confirmation(pb, stub):
     assert v.redirect.guidance, "the model is told how to ask for confirmation"
     v = stub.Evaluate(pb2.EvaluateRequest(event=event(pb2, "q2", "py-d", "yes"))).verdict
     assert v.action == pb2.ACTION_END and v.reason == pb2.REASON_USER_REQUESTED
+
+
+def test_reflection_v1alpha_with_grpcio_reflection(sidecar):
+    """grpcio-reflection's client speaks grpc.reflection.v1alpha, as Postman, Evans and older
+    grpcurl builds do: it must list the services and describe the API without the .proto."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel(sidecar.addr)
+    try:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {
+            "threadwarden.v1.ModerationService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= services, services
+        pool = DescriptorPool(database)
+        service = pool.FindServiceByName("threadwarden.v1.ModerationService")
+        assert [m.name for m in service.methods] == ["Moderate", "Evaluate", "GetThread", "SubmitFeedback"]
+        summary = pool.FindMessageTypeByName("threadwarden.v1.ThreadSummary")
+        assert summary.fields_by_name["exposures"].number == 8
+        assert summary.fields_by_name["crisis_suspected"].number == 7
+    finally:
+        channel.close()
+
+
+def test_oversized_message_is_resource_exhausted(pb, stub):
+    """An 8 MiB request, over the default 4 MiB limit: RESOURCE_EXHAUSTED, as grpc-core says it."""
+    pb2, _ = pb
+    big = event(pb2, "big", "py-big", "a" * (8 * 1024 * 1024))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Evaluate(pb2.EvaluateRequest(event=big))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert e.value.details().startswith("Received message larger than max ("), e.value.details()
+    v = stub.Evaluate(pb2.EvaluateRequest(event=event(pb2, "small", "py-big", "hello"))).verdict
+    assert v.action == pb2.ACTION_CONTINUE and v.thread.turn == 1
