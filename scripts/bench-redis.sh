@@ -8,7 +8,12 @@
 #   streams          64 streams over 4 connections  (throughput)
 #   latency          1 stream, open loop, 5,000/s   (p50/p99)
 #   latency-streams  64 streams, open loop, 5,000/s (p50/p99)
-# and reads Redis's used_memory per key after the round (bytes per thread in Redis).
+# Every server is primed first (loadgen --prime: one event per thread id, untimed), so the runs
+# measure replicas in steady state: each thread already in the sidecar's local copy and in Redis,
+# one round trip per event. (A thread new to a replica but known to Redis costs two: the
+# compare-and-set conflicts once. The `cold` round, without priming, on a Redis that already
+# holds every thread, shows that case: every first touch of a thread in the run conflicts.)
+# Reads Redis's used_memory per key after each round (bytes per thread in Redis).
 # Writes $OUT/redis.md (also printed) and the raw JSON per round.
 #
 #   scripts/bench-redis.sh            # about 6 minutes on 2 cores, after the build
@@ -43,11 +48,18 @@ for run in $(seq 1 "$RUNS"); do
         --duration "$DURATION" --warmup "$WARMUP" \
         --scenarios pipelined,streams,latency,latency-streams \
         --sidecar-arg=--state-backend=redis://127.0.0.1:"$PORT" \
-        --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/round-$run.json"
+        --baseline-sidecar-arg=--state-backend=memory --prime --json >"$OUT/round-$run.json"
     used=$(cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
     keys=$(cli dbsize | tr -d '\r')
     echo "{\"base\": $base, \"used\": $used, \"keys\": $keys}" >"$OUT/round-$run.redis.json"
 done
+
+printf '\n==> cold: no priming, Redis already holding every thread\n' >&2
+"$OUT/threadwarden-bench" loadgen --server-bin "$OUT/threadwarden" --runs 1 \
+    --duration "$DURATION" --warmup "$WARMUP" --scenarios streams \
+    --sidecar-arg=--state-backend=redis://127.0.0.1:"$PORT" \
+    --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/cold.json"
+cli info commandstats >"$OUT/commandstats.txt"
 
 python3 - "$OUT" "$RUNS" <<'EOF' | tee "$OUT/redis.md"
 import json, statistics, sys
@@ -82,6 +94,13 @@ for name in ["pipelined", "streams", "latency", "latency-streams"]:
         f"{med([a - b for a, b in zip(lat('sidecar', 'p50_us'), lat('echo', 'p50_us'))]):.0f} / " \
         f"{med([a - b for a, b in zip(lat('sidecar', 'p99_us'), lat('echo', 'p99_us'))]):.0f}"
     print(f"| {name} | {spread(red)} | {spread(memo)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair('sidecar')} | {pair('echo')} | {added} |")
+cold = json.load(open(f"{out}/cold.json"))["scenarios"][0]["runs"][0]
+print(f"| streams, cold (no priming; Redis holds the threads) | {cold['sidecar']['events_per_sec']:,.0f} | "
+      f"{cold['echo']['events_per_sec']:,.0f} | {cold['sidecar']['events_per_sec'] / cold['echo']['events_per_sec']:.3f} | – | – | – |")
+cpu = lambda name, side: med([r[side]["server_cpu_us_per_event"] for r in runs_of(name)])
+cls = lambda name: med([r["sidecar"]["server_classify_us"] for r in runs_of(name)])
+print(f"\nSidecar CPU per event at 64 streams: Redis {cpu('streams', 'sidecar'):.1f} µs "
+      f"(classification in the server {cls('streams'):.1f} µs), memory {cpu('streams', 'echo'):.1f} µs.")
 per = [(m["used"] - m["base"]) / m["keys"] for m in mem if m["keys"]]
 print(f"\nRedis memory per thread: {med(per):.0f} B (used_memory growth / keys; {', '.join(str(m['keys']) for m in mem)} keys per round)")
 EOF

@@ -8,7 +8,8 @@
 //!   RESOURCE_EXHAUSTED, and the `ModerationService` implementation (per-stream task, bounded
 //!   in-flight answers, slow-consumer and drain handling).
 //! - [`engine`] (`api::engine`, re-exported): the request path, once: validate → classify →
-//!   take the thread's entry → `policy::decide` → encode, and the welfare figures read off
+//!   take the thread's entry (or, with a shared backend, a compare-and-set on it) →
+//!   `policy::decide` → encode, and the welfare figures read off
 //!   each decision (exposures, harmful streaks, the model's end requests, ENDs per model).
 //!   Shared by the gRPC service and `replay`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
@@ -19,7 +20,8 @@
 //! - [`crisis`]: the crisis directory (locale → country → resources), support messages, and the
 //!   webhook notifier (bounded queue, retries, never on the verdict path).
 //! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction (with a hook told of each
-//!   forgotten thread), snapshot file.
+//!   forgotten thread), snapshot file; `state::shared`, the Redis backend (a compare-and-set
+//!   per event, the local store as its copy, fail open or closed, write-back of locks).
 //! - [`config`]: policy files, validation with file:line:field errors, hot reload.
 //! - [`server`]: assembling the sidecar; health, reflection (v1 and v1alpha), TLS, background
 //!   tasks, shutdown.

@@ -484,6 +484,28 @@ async fn fail_open_keeps_deciding_through_a_redis_restart_and_writes_locks_back(
     );
     assert!(during[2].crisis.is_some());
     assert!(metric(&admin, "threadwarden_state_degraded_total", "") >= 3.0);
+    // Fail open keeps serving: health stays SERVING while Redis is away.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{}", a.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(metric(&admin, "threadwarden_state_backend_up", ""), 0.0);
     assert!(metric(&admin, "threadwarden_state_errors_total", "") >= 3.0);
 
     redis.restart();
@@ -626,6 +648,20 @@ async fn a_fork_is_taken_on_one_replica_from_a_parent_ended_on_the_other() {
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     // The parent stays ended everywhere.
     assert!(summary(&mut cb, "parent").await.unwrap().ended);
+    // TTLs are key expiries: an ENDed thread keeps --locked-ttl (30 days), an open one
+    // --idle-ttl (24 hours).
+    let mut con = redis.connection().unwrap();
+    let pttl = |con: &mut redis::Connection, thread: &str| -> i64 {
+        let key = threadwarden::state::shared::redis_key(threadwarden::state::ThreadKey::new(
+            "tenant-a", thread,
+        ));
+        redis::cmd("PTTL").arg(key).query(con).unwrap()
+    };
+    let day_ms = 24 * 3600 * 1000;
+    let ended = pttl(&mut con, "parent");
+    assert!(ended > 29 * day_ms && ended <= 30 * day_ms, "{ended}");
+    let open = pttl(&mut con, "branch");
+    assert!(open > day_ms - 600_000 && open <= day_ms, "{open}");
 }
 
 #[tokio::test]
