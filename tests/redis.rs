@@ -14,6 +14,9 @@ use threadwarden::api::pb;
 use threadwarden::api::pb::moderation_service_client::ModerationServiceClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
 
 /// A `redis-server` on 127.0.0.1, persisting with AOF (fsync on every write) in its own dir.
 struct Redis {
@@ -113,6 +116,28 @@ impl Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// A `grpc.health.v1` client.
+    async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(
+            Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// The overall (`""`) serving status.
+async fn health_status(h: &mut HealthClient<Channel>) -> i32 {
+    h.check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
 }
 
 impl Drop for Sidecar {
@@ -485,26 +510,9 @@ async fn fail_open_keeps_deciding_through_a_redis_restart_and_writes_locks_back(
     assert!(during[2].crisis.is_some());
     assert!(metric(&admin, "threadwarden_state_degraded_total", "") >= 3.0);
     // Fail open keeps serving: health stays SERVING while Redis is away.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        Channel::from_shared(format!("http://{}", a.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut health = a.health().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(health_status(&mut health).await, SERVING);
     assert_eq!(metric(&admin, "threadwarden_state_backend_up", ""), 0.0);
     assert!(metric(&admin, "threadwarden_state_errors_total", "") >= 3.0);
 
@@ -558,23 +566,7 @@ async fn fail_closed_answers_unavailable_and_the_stream_survives() {
         ],
     );
     let mut ca = a.client().await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        Channel::from_shared(format!("http://{}", a.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let status = async |h: &mut tonic_health::pb::health_client::HealthClient<Channel>| {
-        h.check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-    };
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let mut health = a.health().await;
     let (tx, mut responses) = open_stream(&mut ca, 16).await;
     let mut next = async |id: &str| {
         tx.send(pb::ModerateRequest {
@@ -589,7 +581,7 @@ async fn fail_closed_answers_unavailable_and_the_stream_survives() {
         r.result,
         Some(pb::moderate_response::Result::Verdict(_))
     ));
-    assert_eq!(status(&mut health).await, serving);
+    assert_eq!(health_status(&mut health).await, SERVING);
 
     redis.kill();
     let r = next("c-2").await;
@@ -601,14 +593,14 @@ async fn fail_closed_answers_unavailable_and_the_stream_survives() {
     wait_for(
         "health turns NOT_SERVING",
         Duration::from_secs(10),
-        async || status(&mut health).await != serving,
+        async || health_status(&mut health).await != SERVING,
     )
     .await;
     assert!(metric(&admin, "threadwarden_errors_total", "UNAVAILABLE") >= 1.0);
 
     redis.restart();
     wait_for("health serves again", Duration::from_secs(20), async || {
-        status(&mut health).await == serving
+        health_status(&mut health).await == SERVING
     })
     .await;
     // The same stream: the event that failed can be sent again, and is decided.

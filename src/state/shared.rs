@@ -276,6 +276,19 @@ impl SharedStore {
         self.slot(key).1.store(0, Ordering::Release);
     }
 
+    /// Notes that Redis holds `state` at `version`: the local copy and its hint follow.
+    fn written(&self, local: &ThreadStore, key: ThreadKey, state: ThreadState, version: u64) {
+        local.put(key, state);
+        self.set_hint(key, version);
+    }
+
+    /// Queues a thread decided without Redis for write-back if it holds a lock.
+    fn mark_if_locked(&self, key: ThreadKey, state: &ThreadState) {
+        if state.ended() || state.crisis_suspected() {
+            self.dirty.lock().expect("dirty set").insert(key);
+        }
+    }
+
     /// Runs one Redis operation under the deadline, timing it.
     async fn op<T>(
         &self,
@@ -398,8 +411,7 @@ impl SharedStore {
             let out = f(&mut next);
             match self.cas(key, expected, &next).await {
                 Ok(Cas::Written(version)) => {
-                    local.put(key, next);
-                    self.set_hint(key, version);
+                    self.written(local, key, next, version);
                     self.up.send_if_modified(|up| !std::mem::replace(up, true));
                     return Ok((out, false));
                 }
@@ -421,9 +433,7 @@ impl SharedStore {
         self.fail(cause)?;
         let out = local.with_thread(key, |s| {
             let out = f(s);
-            if s.ended() || s.crisis_suspected() {
-                self.dirty.lock().expect("dirty set").insert(key);
-            }
+            self.mark_if_locked(key, s);
             out
         });
         Ok((out, true))
@@ -441,8 +451,7 @@ impl SharedStore {
         let out = f(&mut next);
         match self.cas(key, None, &next).await {
             Ok(Cas::Written(version)) => {
-                local.put(key, next);
-                self.set_hint(key, version);
+                self.written(local, key, next, version);
                 Ok(Created::Done(out, false))
             }
             Ok(Cas::Conflict(Some((_, state)))) => Ok(Created::Exists(state)),
@@ -452,9 +461,7 @@ impl SharedStore {
             )),
             Err(cause) => {
                 self.fail(cause)?;
-                if next.ended() || next.crisis_suspected() {
-                    self.dirty.lock().expect("dirty set").insert(key);
-                }
+                self.mark_if_locked(key, &next);
                 match local.insert_new(key, next.clone(), |_| ()) {
                     Ok(()) => Ok(Created::Done(out, true)),
                     Err(_) => Ok(Created::Exists(local.get(key).unwrap_or(next))),
@@ -473,8 +480,7 @@ impl SharedStore {
         match self.read_raw(key).await {
             Ok(found) => Ok((
                 found.map(|(version, state)| {
-                    local.put(key, state.clone());
-                    self.set_hint(key, version);
+                    self.written(local, key, state.clone(), version);
                     state
                 }),
                 false,
@@ -537,8 +543,7 @@ impl SharedStore {
                 }
                 match self.cas(key, expected, &merged).await {
                     Ok(Cas::Written(version)) => {
-                        local.put(key, merged);
-                        self.set_hint(key, version);
+                        self.written(local, key, merged, version);
                         self.metrics.backend.written_back();
                         written += 1;
                         done = true;
