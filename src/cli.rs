@@ -187,6 +187,10 @@ pub struct ServeArgs {
     /// File holding the Redis password (trailing newline ignored).
     #[arg(long, env = "THREADWARDEN_STATE_PASSWORD_FILE")]
     pub state_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) that a `rediss://` server must chain to (a private CA); without it,
+    /// the system's and the webpki roots.
+    #[arg(long, env = "THREADWARDEN_STATE_TLS_CA")]
+    pub state_tls_ca: Option<PathBuf>,
     /// OTLP/gRPC collector endpoint for traces and metrics; nothing is exported when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -227,8 +231,19 @@ impl ServeArgs {
             ),
             None => std::env::var("THREADWARDEN_STATE_PASSWORD").ok(),
         };
+        let tls_ca = match &self.state_tls_ca {
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err("--state-tls-ca needs a rediss:// backend".into());
+            }
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("--state-tls-ca {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(Some(SharedConfig {
             password,
+            tls_ca,
             fail: self.state_fail,
             timeout: self.state_timeout,
             connections: self.state_connections,

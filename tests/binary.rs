@@ -36,6 +36,57 @@ fn a_bad_config_exits_64_before_binding() {
 }
 
 #[test]
+fn a_bad_state_backend_exits_64_and_never_prints_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--state-backend", "memcached://h:1"], "expected memory"),
+        (
+            &[
+                "--state-backend",
+                "redis://user:hunter2@h:1/0",
+                "--state-tls-ca",
+                ca.to_str().unwrap(),
+            ],
+            "needs a rediss://",
+        ),
+        (
+            &[
+                "--state-backend",
+                "redis://h:1",
+                "--state-password-file",
+                "/no/such/file",
+            ],
+            "--state-password-file",
+        ),
+        (
+            &[
+                "--state-backend",
+                "redis://h:1",
+                "--state-fail",
+                "sometimes",
+            ],
+            "sometimes",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
+        if !want.contains("sometimes") {
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
 fn policy_validate_reports_ok_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");

@@ -23,6 +23,8 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// TLS flags: then `port` is the TLS port and the plain one is off.
+    tls: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -35,10 +37,16 @@ fn free_port() -> u16 {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with_tls(Vec::new())
+    }
+
+    /// With `tls` flags, serves TLS only, on `port`.
+    fn start_with_tls(tls: Vec<String>) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         r.restart();
         r
@@ -46,8 +54,16 @@ impl Redis {
 
     /// Starts (again) on the same port and directory: the AOF is replayed.
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports = if self.tls.is_empty() {
+            vec!["--port", &port]
+        } else {
+            vec!["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(ports)
+            .args(&self.tls)
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .args(["--dir", self.dir.path().to_str().unwrap()])
             .stdout(Stdio::null())
@@ -56,7 +72,14 @@ impl Redis {
             .expect("redis-server is installed (scripts/test.sh installs it: apt-get install redis-server)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.connection().is_err() {
+        let up = |r: &Redis| {
+            if r.tls.is_empty() {
+                r.connection().is_ok()
+            } else {
+                std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok()
+            }
+        };
+        while !up(self) {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -701,5 +724,105 @@ async fn redis_holds_no_text_and_no_raw_thread_id() {
             "a thread is small: {} bytes",
             value.len()
         );
+    }
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    const PASSWORD: &str = "s3cret-redis-pw-9431";
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &ca_cert.pem()),
+        write("redis.pem", &server_cert.pem()),
+        write("redis.key", &server_key.serialize_pem()),
+    );
+    let password = write("password", &format!("{PASSWORD}\n"));
+    let wrong = write("wrong", "not-the-password\n");
+    let redis = Redis::start_with_tls(
+        [
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    let url = format!("rediss://localhost:{}", redis.port);
+    let sidecar = |extra: &[&str]| {
+        let mut args = vec![
+            "--state-backend",
+            url.as_str(),
+            "--state-fail",
+            "closed",
+            "--state-timeout",
+            "5s",
+            "--decision-log",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        let (child, addr, logs) = spawn_serve(&args);
+        (Sidecar { child, addr }, logs)
+    };
+    // The right CA and password: every decision goes through Redis.
+    let (a, logs) = sidecar(&["--state-tls-ca", &ca, "--state-password-file", &password]);
+    let mut ca_client = a.client().await;
+    for i in 0..3 {
+        let v = evaluate(
+            &mut ca_client,
+            labelled(format!("t{i}"), "tls", pb::Category::Abuse, 0.9),
+        )
+        .await;
+        assert!(!v.degraded);
+    }
+    assert_eq!(summary(&mut ca_client, "tls").await.unwrap().turn, 3);
+    let log: Vec<String> = logs.try_iter().collect();
+    assert!(
+        log.iter().all(|l| !l.contains(PASSWORD)),
+        "the password is never logged"
+    );
+    // Without the private CA the server's certificate is not trusted; with a wrong password
+    // Redis refuses: both answer UNAVAILABLE (fail closed), never a verdict.
+    for extra in [
+        vec!["--state-password-file", password.as_str()],
+        vec![
+            "--state-tls-ca",
+            ca.as_str(),
+            "--state-password-file",
+            wrong.as_str(),
+        ],
+    ] {
+        let (b, _) = sidecar(&extra);
+        let err = b
+            .client()
+            .await
+            .evaluate(pb::EvaluateRequest {
+                event: Some(user("x", "tls", "hello")),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{extra:?}: {err:?}");
     }
 }

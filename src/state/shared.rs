@@ -60,6 +60,9 @@ pub struct SharedConfig {
     pub url: String,
     /// Password (from a file or the environment; never the command line).
     pub password: Option<String>,
+    /// CA certificate (PEM) that a `rediss://` server's certificate must chain to; without it,
+    /// the system's roots and the webpki roots.
+    pub tls_ca: Option<Vec<u8>>,
     pub fail: FailMode,
     /// Deadline of one Redis operation; past it the event is decided as `fail` says.
     pub timeout: Duration,
@@ -99,6 +102,7 @@ impl SharedConfig {
         SharedConfig {
             url: url.into(),
             password: None,
+            tls_ca: None,
             fail: FailMode::Open,
             timeout: Duration::from_millis(50),
             connections: 4,
@@ -209,8 +213,17 @@ impl SharedStore {
             let settings = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)
-            .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
+        let client = match &config.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(config.timeout))
