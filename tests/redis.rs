@@ -274,6 +274,72 @@ async fn two_sidecars_sharing_redis_decide_as_one_sidecar() {
 }
 
 #[tokio::test]
+async fn one_stream_overlaps_threads_but_keeps_each_threads_order() {
+    let redis = Redis::start();
+    let a = Sidecar::start(&redis, &[]);
+    let mut client = a.client().await;
+    // 100 threads, 4 severe requests each, interleaved round by round on one stream (so up to
+    // 32 different threads are in flight at once); then a run of one thread's events back to
+    // back, and a fork right after its parent's last event.
+    let mut events = Vec::new();
+    for round in 0..4 {
+        for t in 0..100 {
+            let thread = format!("o{t}");
+            events.push(labelled(
+                format!("{thread}-r{round}"),
+                &thread,
+                pb::Category::IndiscriminateWeapons,
+                0.95,
+            ));
+        }
+    }
+    events.extend(persistent_severe("solo"));
+    events.push(fork("solo-fork", "solo-branch", "solo", 2));
+    let sent: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let requests = events
+        .into_iter()
+        .map(|e| pb::ModerateRequest { event: Some(e) });
+    let mut responses = client
+        .moderate(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(r) = responses.next().await {
+        got.push(r.unwrap());
+    }
+    let ids: Vec<&str> = got.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids, sent, "one answer per event, in request order");
+    let verdicts: Vec<pb::Verdict> = got
+        .into_iter()
+        .map(|r| match r.result {
+            Some(pb::moderate_response::Result::Verdict(v)) => v,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (i, v) in verdicts[..400].iter().enumerate() {
+        let round = i / 100;
+        assert_eq!(v.thread.unwrap().turn, round as u32 + 1, "event {i}");
+        let want = if round < 3 {
+            pb::Action::Redirect
+        } else {
+            pb::Action::End
+        };
+        assert_eq!(action(v), want, "event {i}");
+        assert_eq!(v.redirect.as_ref().is_some_and(|r| r.warning), round == 2);
+    }
+    // The solo thread decided exactly as one sidecar in memory decides it.
+    let single = start().await;
+    let mut one = single.client().await;
+    for (e, v) in persistent_severe("solo").into_iter().zip(&verdicts[400..]) {
+        assert_eq!(seen(v), seen(&evaluate(&mut one, e).await));
+    }
+    single.shutdown().await;
+    let branch = verdicts.last().unwrap().thread.unwrap();
+    assert!(!branch.ended && branch.turn == 2, "{branch:?}");
+}
+
+#[tokio::test]
 async fn concurrent_writers_on_two_sidecars_lose_no_update() {
     const THREADS: usize = 200;
     const EVENTS: usize = 50;

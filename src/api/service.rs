@@ -5,6 +5,11 @@
 //! that stops reading stops being read from (HTTP/2 flow control; its sends block); if it does
 //! not read for `slow_consumer_deadline`, its slot is released and the stream ends with
 //! DEADLINE_EXCEEDED after the answers already sent.
+//!
+//! With a shared state backend (Redis) each event waits on a round trip, so a stream keeps up
+//! to `STREAM_IN_FLIGHT` events in flight: different threads' round trips overlap, an event
+//! whose thread (or fork parent) has one in flight waits for it, and the answers still leave
+//! in request order.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use atomic_waker::AtomicWaker;
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::{Notify, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -26,6 +34,7 @@ use super::auth::Principal;
 use super::pb;
 use super::pb::moderation_service_server::ModerationService;
 use crate::api::engine::{Decided, Engine};
+use crate::state::ThreadKey;
 use crate::telemetry::{self, EVENT_TARGET, Metrics};
 
 /// The W3C trace context of a call, from its `traceparent` / `tracestate` metadata.
@@ -379,8 +388,33 @@ struct Moderation {
     drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     shared: Arc<StreamShared>,
     done: bool,
-    /// The event being decided against the shared state backend, if one is.
-    pending: Option<Pin<Box<dyn Future<Output = pb::ModerateResponse> + Send>>>,
+    /// With a shared state backend: the events being decided, answered in request order, and
+    /// the threads each touches (same order).
+    in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = pb::ModerateResponse> + Send>>>,
+    in_flight_threads: VecDeque<[Option<ThreadKey>; 2]>,
+    /// A request whose thread has an event in flight: started once that one is answered, so
+    /// that one thread's events are decided in order.
+    held: Option<pb::ModerateRequest>,
+    /// The inbound half ended (cleanly, or with this status): finish once all is answered.
+    ended: Option<Option<Status>>,
+}
+
+/// Events of one `Moderate` stream decided at once against the shared state backend (each
+/// waits on a Redis round trip; different threads' trips overlap).
+pub const STREAM_IN_FLIGHT: usize = 32;
+
+/// The threads an event touches: its own, and a fork's parent.
+fn threads_of(req: &pb::ModerateRequest) -> [Option<ThreadKey>; 2] {
+    let Some(e) = &req.event else {
+        return [None, None];
+    };
+    let parent = match &e.payload {
+        Some(pb::conversation_event::Payload::Fork(f)) => {
+            Some(ThreadKey::new(&e.tenant_id, &f.parent_thread_id))
+        }
+        _ => None,
+    };
+    [Some(ThreadKey::new(&e.tenant_id, &e.thread_id)), parent]
 }
 
 type Answer = Result<pb::ModerateResponse, Status>;
@@ -422,6 +456,72 @@ impl Moderation {
     }
 }
 
+impl Moderation {
+    /// `poll_next` with a shared state backend: up to `STREAM_IN_FLIGHT` events decided at
+    /// once, one thread's events one after another, answers in request order.
+    fn poll_shared(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        loop {
+            if let Some(req) = self.held.take() {
+                self.start_or_hold(req);
+            }
+            let waker = self.inbound_waker.clone();
+            let mut inbound_cx = Context::from_waker(&waker);
+            while self.held.is_none()
+                && self.ended.is_none()
+                && self.in_flight.len() < STREAM_IN_FLIGHT
+            {
+                match Pin::new(&mut self.inbound).poll_next(&mut inbound_cx) {
+                    Poll::Ready(Some(Ok(req))) => {
+                        self.drain_timer = None;
+                        self.start_or_hold(req);
+                    }
+                    // A transport or decode error ends the call after the answers owed.
+                    Poll::Ready(Some(Err(status))) => self.ended = Some(Some(status)),
+                    Poll::Ready(None) => self.ended = Some(None),
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut self.in_flight).poll_next(cx) {
+                Poll::Ready(Some(answer)) => {
+                    self.in_flight_threads.pop_front();
+                    self.shared.mark_pending_work();
+                    return Poll::Ready(Some(Ok(answer)));
+                }
+                Poll::Ready(None) if self.held.is_some() => continue,
+                Poll::Ready(None) => {
+                    return match self.ended.take() {
+                        Some(last) => self.finish(last),
+                        None => self.poll_drain(cx),
+                    };
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Starts deciding `req`, or holds it while an event of its thread is in flight.
+    fn start_or_hold(&mut self, req: pb::ModerateRequest) {
+        let threads = threads_of(&req);
+        let busy = self
+            .in_flight_threads
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|k| threads.iter().flatten().any(|t| t == k));
+        if busy {
+            self.held = Some(req);
+            return;
+        }
+        self.in_flight_threads.push_back(threads);
+        self.in_flight.push_back(Box::pin(respond_shared(
+            self.engine.clone(),
+            req,
+            self.call.clone(),
+            self.principal.clone(),
+        )));
+    }
+}
+
 impl Stream for Moderation {
     type Item = Answer;
 
@@ -438,36 +538,12 @@ impl Stream for Moderation {
         }
         let p = this.shared.progress.load(Ordering::Relaxed);
         this.shared.progress.store((p | 1) + 1, Ordering::Release);
-        if let Some(pending) = this.pending.as_mut() {
-            let Poll::Ready(answer) = pending.as_mut().poll(cx) else {
-                return Poll::Pending;
-            };
-            this.pending = None;
-            this.shared.mark_pending_work();
-            return Poll::Ready(Some(Ok(answer)));
-        }
         this.shared.inbound_waker.register(cx.waker());
+        if this.engine.shared().is_some() {
+            return this.poll_shared(cx);
+        }
         let mut inbound_cx = Context::from_waker(&this.inbound_waker);
         match Pin::new(&mut this.inbound).poll_next(&mut inbound_cx) {
-            Poll::Ready(Some(Ok(req))) if this.engine.shared().is_some() => {
-                this.drain_timer = None;
-                let mut pending = Box::pin(respond_shared(
-                    this.engine.clone(),
-                    req,
-                    this.call.clone(),
-                    this.principal.clone(),
-                ));
-                match pending.as_mut().poll(cx) {
-                    Poll::Ready(answer) => {
-                        this.shared.mark_pending_work();
-                        Poll::Ready(Some(Ok(answer)))
-                    }
-                    Poll::Pending => {
-                        this.pending = Some(pending);
-                        Poll::Pending
-                    }
-                }
-            }
             Poll::Ready(Some(Ok(req))) => {
                 this.drain_timer = None;
                 let answer = respond(&this.engine, req, &this.call, &this.principal);
@@ -535,7 +611,10 @@ impl ModerationService for ModerationApi {
             drain_timer: None,
             shared,
             done: false,
-            pending: None,
+            in_flight: FuturesOrdered::new(),
+            in_flight_threads: VecDeque::new(),
+            held: None,
+            ended: None,
         })))
     }
 
