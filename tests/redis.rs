@@ -795,18 +795,8 @@ async fn redis_holds_no_text_and_no_raw_thread_id() {
 
 #[tokio::test]
 async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     const PASSWORD: &str = "s3cret-redis-pw-9431";
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, &ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let pki = pki();
     let files = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = files.path().join(name);
@@ -814,9 +804,9 @@ async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
         p.to_str().unwrap().to_string()
     };
     let (ca, cert, key) = (
-        write("ca.pem", &ca_cert.pem()),
-        write("redis.pem", &server_cert.pem()),
-        write("redis.key", &server_key.serialize_pem()),
+        write("ca.pem", &pki.ca),
+        write("redis.pem", &pki.server_cert),
+        write("redis.key", &pki.server_key),
     );
     let password = write("password", &format!("{PASSWORD}\n"));
     let wrong = write("wrong", "not-the-password\n");
