@@ -727,8 +727,21 @@ async fn a_fork_is_taken_on_one_replica_from_a_parent_ended_on_the_other() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    // The parent stays ended everywhere.
+    // The parent stays ended everywhere, and feedback on it is taken by either replica.
     assert!(summary(&mut cb, "parent").await.unwrap().ended);
+    let feedback = |thread: &str| pb::SubmitFeedbackRequest {
+        tenant_id: "tenant-a".into(),
+        thread_id: thread.into(),
+        event_id: "parent-u3".into(),
+        rating: pb::Rating::ThumbsDown as i32,
+        comment: String::new(),
+    };
+    cb.submit_feedback(feedback("parent")).await.unwrap();
+    let err = cb
+        .submit_feedback(feedback("never-seen"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
     // TTLs are key expiries: an ENDed thread keeps --locked-ttl (30 days), an open one
     // --idle-ttl (24 hours).
     let mut con = redis.connection().unwrap();
