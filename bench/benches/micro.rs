@@ -19,7 +19,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use prost::Message;
 use threadwarden::api::pb;
 use threadwarden::classify::semantic::{HEADS_BYTES, Heads, Semantic};
@@ -54,20 +55,34 @@ fn texts(size: usize, kind: Kind) -> Vec<String> {
     out
 }
 
+/// Classifies one message per iteration, taking `texts` in turn.
+fn bench_classify(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    classifier: &Classifier,
+    texts: &[String],
+) {
+    let mut i = 0;
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            classifier.classify(black_box(&texts[i]))
+        })
+    });
+}
+
 fn classify(c: &mut Criterion) {
     let classifier = Classifier::builtin();
     let mut g = c.benchmark_group("classify");
     for (name, kind) in [("benign", Kind::Benign), ("harmful", Kind::Harmful)] {
         for size in [50usize, 300, 2048] {
-            let texts = texts(size, kind);
-            let mut i = 0;
-            g.throughput(Throughput::Elements(1));
-            g.bench_function(BenchmarkId::new(name, size), |b| {
-                b.iter(|| {
-                    i = (i + 1) % texts.len();
-                    classifier.classify(black_box(&texts[i]))
-                })
-            });
+            bench_classify(
+                &mut g,
+                BenchmarkId::new(name, size),
+                &classifier,
+                &texts(size, kind),
+            );
         }
     }
     g.finish();
@@ -103,15 +118,7 @@ fn tiers(c: &mut Criterion) {
         let mut mixed = texts(size, Kind::Benign);
         mixed.extend(texts(size, Kind::Harmful));
         for (name, classifier) in [("rules", &rules), ("both", &both)] {
-            let texts = &mixed;
-            let mut i = 0;
-            g.throughput(Throughput::Elements(1));
-            g.bench_function(BenchmarkId::new(name, size), |b| {
-                b.iter(|| {
-                    i = (i + 1) % texts.len();
-                    classifier.classify(black_box(&texts[i]))
-                })
-            });
+            bench_classify(&mut g, BenchmarkId::new(name, size), classifier, &mixed);
         }
     }
     g.finish();

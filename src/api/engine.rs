@@ -48,6 +48,8 @@ pub struct Decided {
 
 /// An event validated and classified, ready to be decided on its thread's state.
 struct Prepared<'e> {
+    tenant_id: &'e str,
+    thread_id: &'e str,
     started: Instant,
     payload: &'e pb::conversation_event::Payload,
     text: Option<&'e str>,
@@ -113,6 +115,31 @@ impl Prepared<'_> {
             streak,
         }
     }
+}
+
+/// A thread the request names is unknown.
+fn unknown_thread(thread_id: &str) -> EventError {
+    EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread"))
+}
+
+/// A fork's branch id is taken.
+fn branch_taken(thread_id: &str) -> EventError {
+    EventError::AlreadyExists(format!(
+        "thread_id {thread_id:?} already exists; a fork must name a new branch"
+    ))
+}
+
+/// A fork's parent is unknown.
+fn unknown_parent(fork: &pb::ForkThread) -> EventError {
+    EventError::NotFound(format!(
+        "fork.parent_thread_id {:?} is not a known thread",
+        fork.parent_thread_id
+    ))
+}
+
+/// The key of a fork's parent (same tenant).
+fn parent_key(prep: &Prepared<'_>, fork: &pb::ForkThread) -> ThreadKey {
+    ThreadKey::new(prep.tenant_id, &fork.parent_thread_id)
 }
 
 /// The branch a fork starts from, or the error that `after_turn` earns.
@@ -233,7 +260,7 @@ impl Engine {
         let welfare = &self.sinks.metrics.welfare;
         let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
         let applied = match prep.payload {
-            Payload::Fork(fork) => self.fork(prep.key, event, fork, step)?,
+            Payload::Fork(fork) => self.fork(&prep, fork, step)?,
             _ => self.store.with_thread(prep.key, step),
         };
         Ok(self.finish(event, prep, applied, false))
@@ -266,10 +293,7 @@ impl Engine {
         let welfare = &self.sinks.metrics.welfare;
         let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
         let (applied, degraded) = match prep.payload {
-            Payload::Fork(fork) => {
-                self.fork_shared(shared, prep.key, event, fork, step)
-                    .await?
-            }
+            Payload::Fork(fork) => self.fork_shared(shared, &prep, fork, step).await?,
             _ => shared.update(&self.store, prep.key, step).await?,
         };
         Ok(self.finish(event, prep, applied, degraded))
@@ -306,6 +330,8 @@ impl Engine {
         validate::merge_signals(&mut scores, &event.signals);
         let key = ThreadKey::new(&event.tenant_id, &event.thread_id);
         Ok(Prepared {
+            tenant_id: &event.tenant_id,
+            thread_id: &event.thread_id,
             started,
             payload,
             text,
@@ -435,12 +461,11 @@ impl Engine {
 
     fn fork(
         &self,
-        key: ThreadKey,
-        event: &pb::ConversationEvent,
+        prep: &Prepared<'_>,
         fork: &pb::ForkThread,
         decide: impl FnOnce(&mut policy::ThreadState) -> Applied,
     ) -> Result<Applied, EventError> {
-        let id = event_id_hash(&event.event_id);
+        let (key, id) = (prep.key, prep.event.id);
         // A retried fork finds its own branch: answer it as a replay.
         let mut decide = Some(decide);
         match self.store.with_existing(key, |state| {
@@ -449,68 +474,46 @@ impl Engine {
                 .then(|| (decide.take().expect("called once"))(state))
         }) {
             Some(Some(verdict)) => return Ok(verdict),
-            Some(None) => {
-                return Err(EventError::AlreadyExists(format!(
-                    "thread_id {:?} already exists; a fork must name a new branch",
-                    event.thread_id
-                )));
-            }
+            Some(None) => return Err(branch_taken(prep.thread_id)),
             None => {}
         }
         // Read the parent first and release it: holding two entries could deadlock on a shard.
-        let parent_key = ThreadKey::new(&event.tenant_id, &fork.parent_thread_id);
-        let parent = self.store.get(parent_key).ok_or_else(|| {
-            EventError::NotFound(format!(
-                "fork.parent_thread_id {:?} is not a known thread",
-                fork.parent_thread_id
-            ))
-        })?;
+        let parent = self
+            .store
+            .get(parent_key(prep, fork))
+            .ok_or_else(|| unknown_parent(fork))?;
         let branch = branch_of(&parent, fork.after_turn)?;
         self.store
             .insert_new(key, branch, decide.take().expect("not yet called"))
-            .map_err(|_| {
-                EventError::AlreadyExists(format!("thread_id {:?} already exists", event.thread_id))
-            })
+            .map_err(|_| branch_taken(prep.thread_id))
     }
 
     /// `fork` against the shared state: the parent may have been written by any replica.
     async fn fork_shared(
         &self,
         shared: &SharedStore,
-        key: ThreadKey,
-        event: &pb::ConversationEvent,
+        prep: &Prepared<'_>,
         fork: &pb::ForkThread,
         decide: impl Fn(&mut policy::ThreadState) -> Applied,
     ) -> Result<(Applied, bool), EventError> {
-        let id = event_id_hash(&event.event_id);
-        let exists = |thread_id: &str| {
-            EventError::AlreadyExists(format!(
-                "thread_id {thread_id:?} already exists; a fork must name a new branch"
-            ))
-        };
+        let (key, id) = (prep.key, prep.event.id);
         // A retried fork finds its own branch: answer it as a replay.
         if let (Some(branch), _) = shared.read(&self.store, key).await? {
             return if branch.has_event(id) {
                 shared.update(&self.store, key, decide).await
             } else {
-                Err(exists(&event.thread_id))
+                Err(branch_taken(prep.thread_id))
             };
         }
-        let parent_key = ThreadKey::new(&event.tenant_id, &fork.parent_thread_id);
-        let (parent, _) = shared.read(&self.store, parent_key).await?;
-        let parent = parent.ok_or_else(|| {
-            EventError::NotFound(format!(
-                "fork.parent_thread_id {:?} is not a known thread",
-                fork.parent_thread_id
-            ))
-        })?;
+        let (parent, _) = shared.read(&self.store, parent_key(prep, fork)).await?;
+        let parent = parent.ok_or_else(|| unknown_parent(fork))?;
         let branch = branch_of(&parent, fork.after_turn)?;
         match shared.create(&self.store, key, branch, &decide).await? {
             Created::Done(applied, degraded) => Ok((applied, degraded)),
             Created::Exists(state) if state.has_event(id) => {
                 shared.update(&self.store, key, decide).await
             }
-            Created::Exists(_) => Err(exists(&event.thread_id)),
+            Created::Exists(_) => Err(branch_taken(prep.thread_id)),
         }
     }
 
@@ -541,9 +544,7 @@ impl Engine {
             validate::thread_ref(tenant_id, thread_id)?;
             let key = ThreadKey::new(tenant_id, thread_id);
             let (state, _) = shared.read(&self.store, key).await?;
-            let state = state.ok_or_else(|| {
-                EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread"))
-            })?;
+            let state = state.ok_or_else(|| unknown_thread(thread_id))?;
             Ok(crate::api::convert::summary_to_pb(&state.summary()))
         }
         .await;
@@ -556,15 +557,12 @@ impl Engine {
             return self.feedback(req);
         };
         let result = async {
-            validate::feedback(req)?;
+            let rating = validate::feedback(req)?;
             let key = ThreadKey::new(&req.tenant_id, &req.thread_id);
-            match shared.read(&self.store, key).await? {
-                (Some(_), _) => self.feedback_inner(req),
-                (None, _) => Err(EventError::NotFound(format!(
-                    "thread_id {:?} is not a known thread",
-                    req.thread_id
-                ))),
-            }
+            let (state, _) = shared.read(&self.store, key).await?;
+            let state = state.ok_or_else(|| unknown_thread(&req.thread_id))?;
+            self.record_feedback(req, rating, key, state.ended());
+            Ok(())
         }
         .await;
         self.counted(result)
@@ -586,24 +584,29 @@ impl Engine {
         let state = self
             .store
             .get(ThreadKey::new(tenant_id, thread_id))
-            .ok_or_else(|| {
-                EventError::NotFound(format!("thread_id {thread_id:?} is not a known thread"))
-            })?;
+            .ok_or_else(|| unknown_thread(thread_id))?;
         Ok(crate::api::convert::summary_to_pb(&state.summary()))
     }
 
     fn feedback_inner(&self, req: &pb::SubmitFeedbackRequest) -> Result<(), EventError> {
         let rating = validate::feedback(req)?;
         let key = ThreadKey::new(&req.tenant_id, &req.thread_id);
-        let summary = self
+        let ended = self
             .store
-            .with_existing(key, |s| s.summary())
-            .ok_or_else(|| {
-                EventError::NotFound(format!(
-                    "thread_id {:?} is not a known thread",
-                    req.thread_id
-                ))
-            })?;
+            .with_existing(key, |s| s.ended())
+            .ok_or_else(|| unknown_thread(&req.thread_id))?;
+        self.record_feedback(req, rating, key, ended);
+        Ok(())
+    }
+
+    /// Counts and logs feedback on a known thread.
+    fn record_feedback(
+        &self,
+        req: &pb::SubmitFeedbackRequest,
+        rating: pb::Rating,
+        key: ThreadKey,
+        thread_ended: bool,
+    ) {
         let thumbs_up = rating == pb::Rating::ThumbsUp;
         self.sinks.metrics.feedback(thumbs_up);
         if self.sinks.decision_log.enabled() {
@@ -615,7 +618,7 @@ impl Engine {
                 "thread": self.log_hash(key),
                 "rating": if thumbs_up { "thumbs_up" } else { "thumbs_down" },
                 "has_comment": !req.comment.is_empty(),
-                "thread_ended": summary.ended,
+                "thread_ended": thread_ended,
                 "policy_version": policy.version,
             });
             if policy.log_content && !req.comment.is_empty() {
@@ -623,7 +626,6 @@ impl Engine {
             }
             self.sinks.decision_log.record(&record);
         }
-        Ok(())
     }
 
     fn log_decision(

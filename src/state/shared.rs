@@ -326,6 +326,18 @@ impl SharedStore {
         (ttl.as_millis() as u64).max(1)
     }
 
+    /// Runs `run` on a connection under the deadline; a dropped connection is retried once,
+    /// on the next connection.
+    async fn retried<T, Fut>(&self, run: impl Fn(ConnectionManager) -> Fut) -> Result<T, Cause>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match self.op(run(self.conn())).await {
+            Err(Cause::Connection) => self.op(run(self.conn())).await,
+            reply => reply,
+        }
+    }
+
     /// One compare-and-set. A dropped connection is retried once on another: safe, because
     /// if the first attempt did write, the retry finds the new version, conflicts, and the
     /// event is decided again on the state that holds it (the replay ring answers it).
@@ -342,14 +354,10 @@ impl SharedStore {
             .unwrap_or_default();
         let mut call = self.cas.key(redis_key(key));
         call.arg(expected).arg(value).arg(self.ttl_ms(state));
-        let mut reply = Err(Cause::Connection);
-        for _ in 0..2 {
-            let mut con = self.conn();
-            reply = self.op(call.invoke_async::<Value>(&mut con)).await;
-            if reply != Err(Cause::Connection) {
-                break;
-            }
-        }
+        let call = &call;
+        let reply = self
+            .retried(|mut con| async move { call.invoke_async::<Value>(&mut con).await })
+            .await;
         match reply? {
             Value::Int(1) => Ok(Cas::Written(version)),
             Value::BulkString(bytes) => Ok(Cas::Conflict(Some(decode(&bytes)?))),
@@ -361,14 +369,10 @@ impl SharedStore {
     async fn read_raw(&self, key: ThreadKey) -> Result<Option<(u64, ThreadState)>, Cause> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(redis_key(key));
-        let mut reply = Err(Cause::Connection);
-        for _ in 0..2 {
-            let mut con = self.conn();
-            reply = self.op(cmd.query_async::<Option<Vec<u8>>>(&mut con)).await;
-            if reply != Err(Cause::Connection) {
-                break;
-            }
-        }
+        let cmd = &cmd;
+        let reply = self
+            .retried(|mut con| async move { cmd.query_async::<Option<Vec<u8>>>(&mut con).await })
+            .await;
         reply?.map(|b| decode(&b)).transpose()
     }
 
@@ -400,18 +404,24 @@ impl SharedStore {
         key: ThreadKey,
         mut f: impl FnMut(&mut ThreadState) -> T,
     ) -> Result<(T, bool), EventError> {
-        // An END is for good: answer from the local copy without a round trip.
+        // One look at the local copy: an END is for good, so it is answered from there without
+        // a round trip; any other state is the first guess at what Redis holds.
         let mut ended = None;
-        local.with_existing(key, |s| {
-            if s.ended() {
-                ended = Some(f(s));
-            }
-        });
+        let cached = local
+            .with_existing(key, |s| {
+                if s.ended() {
+                    ended = Some(f(s));
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            })
+            .flatten();
         if let Some(out) = ended {
             self.metrics.backend.cached_ended();
             return Ok((out, false));
         }
-        let (mut base, mut expected) = match (self.hint(key), local.get(key)) {
+        let (mut base, mut expected) = match (self.hint(key), cached) {
             (Some(v), Some(s)) => (s, Some(v)),
             _ => (ThreadState::default(), None),
         };
@@ -420,7 +430,8 @@ impl SharedStore {
             if attempt > 0 {
                 self.metrics.backend.conflict();
             }
-            let mut next = base.clone();
+            // `base` is replaced on a conflict and unused after any other outcome.
+            let mut next = std::mem::take(&mut base);
             let out = f(&mut next);
             match self.cas(key, expected, &next).await {
                 Ok(Cas::Written(version)) => {
@@ -457,10 +468,9 @@ impl SharedStore {
         &self,
         local: &ThreadStore,
         key: ThreadKey,
-        branch: ThreadState,
+        mut next: ThreadState,
         f: impl FnOnce(&mut ThreadState) -> T,
     ) -> Result<Created<T>, EventError> {
-        let mut next = branch.clone();
         let out = f(&mut next);
         match self.cas(key, None, &next).await {
             Ok(Cas::Written(version)) => {
@@ -468,7 +478,8 @@ impl SharedStore {
                 Ok(Created::Done(out, false))
             }
             Ok(Cas::Conflict(Some((_, state)))) => Ok(Created::Exists(state)),
-            // Gone between the check and the write (expired): create it again from scratch.
+            // Not returned when no version is expected (the script writes an absent key); a
+            // server that answers so is not one to trust with the branch.
             Ok(Cas::Conflict(None)) => Err(EventError::Unavailable(
                 "the shared thread state changed during the fork: retry".into(),
             )),

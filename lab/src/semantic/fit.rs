@@ -334,6 +334,10 @@ pub fn train(rows: &[Row], p: &Params, mut tuning: Option<(&mut Vec<f32>, Tuning
                     &hid
                 };
                 dh.iter_mut().for_each(|d| *d = 0.0);
+                let tuned = tuning.is_some();
+                if tuned {
+                    dx.iter_mut().for_each(|d| *d = 0.0);
+                }
                 for k in 0..HEAD_COUNT {
                     let y = r.labels[k];
                     if y != POS && y != NEG {
@@ -350,15 +354,16 @@ pub fn train(rows: &[Row], p: &Params, mut tuning: Option<(&mut Vec<f32>, Tuning
                     for (gi, f) in gr.iter_mut().zip(feat) {
                         *gi += g * f;
                     }
+                    // Backwards into the hidden layer, or (no hidden layer) into the input.
                     if h > 0 {
                         for (d, wk) in dh.iter_mut().zip(row) {
                             *d += g * wk;
                         }
+                    } else if tuned {
+                        for (o, wk) in dx.iter_mut().zip(row) {
+                            *o += g * wk;
+                        }
                     }
-                }
-                let tuned = tuning.is_some();
-                if tuned {
-                    dx.iter_mut().for_each(|d| *d = 0.0);
                 }
                 if h > 0 {
                     for j in 0..h {
@@ -376,20 +381,6 @@ pub fn train(rows: &[Row], p: &Params, mut tuning: Option<(&mut Vec<f32>, Tuning
                             for (o, w) in dx.iter_mut().zip(row) {
                                 *o += d * w;
                             }
-                        }
-                    }
-                } else if tuned {
-                    for k in 0..HEAD_COUNT {
-                        let y = r.labels[k];
-                        if y != POS && y != NEG {
-                            continue;
-                        }
-                        let row = &net.w2[k * DIMS..(k + 1) * DIMS];
-                        let z: f32 = row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + net.b2[k];
-                        let w = r.weight * if y == POS { posw[k] } else { 1.0 };
-                        let g = (sigmoid(z) - if y == POS { 1.0 } else { 0.0 }) * w;
-                        for (o, wk) in dx.iter_mut().zip(row) {
-                            *o += g * wk;
                         }
                     }
                 }
