@@ -8,6 +8,7 @@
 //! It must not do I/O, use tokio, keep per-conversation state (that is `policy`/`state`), or
 //! read unbounded text: callers pass a bounded window or use `classify_bounded`.
 
+pub mod external;
 mod lexicon;
 pub mod model;
 mod normalize;

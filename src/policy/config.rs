@@ -42,6 +42,14 @@ impl Tier {
     }
 }
 
+/// The `classify` section of the policy file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// Tier 3: an external guard model (`classify::external`).
+    pub external: crate::classify::external::ExternalConfig,
+}
+
 /// The rule for one category.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +209,8 @@ pub struct Policy {
     pub messages: Messages,
     /// Include message text in decision-log records. Off by default: privacy first.
     pub log_content: bool,
+    /// Classifier settings beyond the built-in tiers: the external tier.
+    pub classify: ClassifyConfig,
     #[serde(skip)]
     pub(crate) compiled: Compiled,
 }
@@ -266,6 +276,7 @@ impl Default for Policy {
             assistant_output: AssistantOutput::default(),
             messages: Messages::default(),
             log_content: false,
+            classify: ClassifyConfig::default(),
             compiled: Compiled::default(),
         }
         .compile()
@@ -306,6 +317,10 @@ impl Policy {
                 Err(err(field, format!("{v} is not a score between 0 and 1")))
             }
         };
+        self.classify
+            .external
+            .validate()
+            .map_err(|(field, message)| err(field, message))?;
         let t = &self.thresholds;
         unit("thresholds.crisis", t.crisis)?;
         unit("thresholds.crisis_suspect", t.crisis_suspect)?;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::domain::{CATEGORY_COUNT, Category, CrisisKind};
 use crate::policy::{Action, Denial, MODEL_SLOTS, Reason};
+use crate::classify::external::Failure;
 use crate::state::shared::Cause;
 
 const ACTIONS: [Action; 3] = Action::ALL;
@@ -82,19 +83,41 @@ const BUCKETS: [f64; 15] = [
     25e-3, 100e-3,
 ];
 
-/// A fixed-bucket latency histogram.
-#[derive(Default)]
+/// Bucket bounds (seconds) of a remote call's latency: the external tier's 1 ms to 10 s.
+pub const CALL_BUCKETS: [f64; 15] = [
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 75e-3, 100e-3, 150e-3, 250e-3, 400e-3, 600e-3, 1.0,
+    2.5, 10.0,
+];
+
+/// A fixed-bucket latency histogram (by default microseconds to 100 ms, `BUCKETS`).
 pub struct Histogram {
+    bounds: &'static [f64; 15],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// A histogram over other bucket bounds (`CALL_BUCKETS`).
+    pub fn with_bounds(bounds: &'static [f64; 15]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
     /// Records one duration.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
@@ -115,7 +138,7 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+        for (bound, n) in self.bounds.iter().zip(&self.buckets) {
             cumulative += n.load(Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
@@ -414,6 +437,141 @@ pub struct Metrics {
     pub backend: BackendMetrics,
     /// What the assistant was put through, per model.
     pub welfare: Welfare,
+    /// The external classifier tier (zero while none is configured).
+    pub external: ExternalMetrics,
+}
+
+/// The external tier's instruments (`--external-url`).
+pub struct ExternalMetrics {
+    /// Time of one external call, answered or failed (retries included).
+    pub latency: Histogram,
+    /// Calls made, by result (`ok`, `failed`).
+    calls: [AtomicU64; 2],
+    /// User messages the tier was not asked about (`when` said no, or a replay).
+    skipped: AtomicU64,
+    /// Failed or refused calls, by cause (`Failure::CAUSES`).
+    errors: [AtomicU64; Failure::CAUSES.len()],
+    /// Answered calls whose flagged categories matched the built-in tiers' (`agree`) or not.
+    agreement: [AtomicU64; 2],
+    /// ENDs the external model was asked to confirm, by outcome (`confirmed`, `vetoed`).
+    confirmations: [AtomicU64; 2],
+    /// Category codes in answers that no mapping names.
+    unknown_codes: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open; -1 while no external tier is configured.
+    breaker: AtomicI64,
+}
+
+/// The external tier's counter names.
+pub const EXTERNAL_COUNTER_NAMES: [&str; 6] = [
+    "threadwarden_external_calls_total",
+    "threadwarden_external_skipped_total",
+    "threadwarden_external_errors_total",
+    "threadwarden_external_agreement_total",
+    "threadwarden_external_end_confirmations_total",
+    "threadwarden_external_unknown_codes_total",
+];
+
+impl Default for ExternalMetrics {
+    fn default() -> Self {
+        ExternalMetrics {
+            latency: Histogram::with_bounds(&CALL_BUCKETS),
+            calls: Default::default(),
+            skipped: AtomicU64::new(0),
+            errors: Default::default(),
+            agreement: Default::default(),
+            confirmations: Default::default(),
+            unknown_codes: AtomicU64::new(0),
+            breaker: AtomicI64::new(-1),
+        }
+    }
+}
+
+/// The breaker's state, as the gauge reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl ExternalMetrics {
+    /// One call finished: its latency, and its failure if it failed.
+    pub fn call(&self, latency: Duration, failure: Option<Failure>) {
+        self.latency.observe(latency);
+        self.calls[usize::from(failure.is_some())].fetch_add(1, Relaxed);
+        if let Some(f) = failure {
+            self.refused(f);
+        }
+    }
+
+    /// A call that was not made (breaker open, overloaded), by cause.
+    pub fn refused(&self, failure: Failure) {
+        let i = Failure::CAUSES
+            .iter()
+            .position(|c| *c == failure.cause())
+            .unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// A user message the tier was not asked about.
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Relaxed);
+    }
+
+    /// An answer agreed (or not) with the built-in tiers on the flagged categories.
+    pub fn agreement(&self, agreed: bool) {
+        self.agreement[usize::from(!agreed)].fetch_add(1, Relaxed);
+    }
+
+    /// An END the model was asked to confirm: confirmed, or vetoed (REDIRECT instead).
+    pub fn confirmation(&self, confirmed: bool) {
+        self.confirmations[usize::from(!confirmed)].fetch_add(1, Relaxed);
+    }
+
+    /// Category codes no mapping names.
+    pub fn unknown_codes(&self, n: u32) {
+        self.unknown_codes.fetch_add(u64::from(n), Relaxed);
+    }
+
+    /// The breaker's state now.
+    pub fn set_breaker(&self, state: BreakerState) {
+        self.breaker.store(state as i64, Relaxed);
+    }
+
+    /// Failures counted for `cause` so far (tests and the lab tool).
+    pub fn errors(&self, cause: &str) -> u64 {
+        Failure::CAUSES
+            .iter()
+            .position(|c| *c == cause)
+            .map_or(0, |i| self.errors[i].load(Relaxed))
+    }
+
+    /// Calls made so far, answered and failed.
+    pub fn calls(&self) -> u64 {
+        self.calls.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    fn counters(&self, f: &mut impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
+        let [calls, skipped, errors, agreement, confirmations, unknown] = EXTERNAL_COUNTER_NAMES;
+        for (i, r) in ["ok", "failed"].into_iter().enumerate() {
+            f(calls, vec![("result", r)], self.calls[i].load(Relaxed));
+        }
+        f(skipped, vec![], self.skipped.load(Relaxed));
+        for (i, c) in Failure::CAUSES.into_iter().enumerate() {
+            f(errors, vec![("cause", c)], self.errors[i].load(Relaxed));
+        }
+        for (i, r) in ["agree", "disagree"].into_iter().enumerate() {
+            f(agreement, vec![("result", r)], self.agreement[i].load(Relaxed));
+        }
+        for (i, r) in ["confirmed", "vetoed"].into_iter().enumerate() {
+            f(
+                confirmations,
+                vec![("outcome", r)],
+                self.confirmations[i].load(Relaxed),
+            );
+        }
+        f(unknown, vec![], self.unknown_codes.load(Relaxed));
+    }
 }
 
 /// The shared state backend's instruments (`--state-backend redis://…`).
@@ -723,6 +881,7 @@ impl Metrics {
             );
         }
         self.backend.counters(&mut f);
+        self.external.counters(&mut f);
         self.welfare.counters(&mut f);
     }
 
@@ -731,6 +890,10 @@ impl Metrics {
         f(
             "threadwarden_state_backend_up",
             self.backend.up.load(Relaxed) as f64,
+        );
+        f(
+            "threadwarden_external_breaker_state",
+            self.external.breaker.load(Relaxed) as f64,
         );
         f(
             "threadwarden_active_threads",
@@ -785,6 +948,11 @@ impl Metrics {
             "threadwarden_state_backend_duration_seconds",
             "Time of one shared-state (Redis) operation.",
         );
+        self.external.latency.render(
+            &mut out,
+            "threadwarden_external_duration_seconds",
+            "Time of one external classifier call, answered or failed, retries included.",
+        );
         self.welfare.render(&mut out);
         let _ = writeln!(
             out,
@@ -835,6 +1003,27 @@ fn help(name: &str) -> &'static str {
         }
         "threadwarden_state_backend_up" => {
             "1 while the shared state store answers, 0 while not, -1 for the memory backend."
+        }
+        "threadwarden_external_calls_total" => {
+            "Calls to the external classifier, by result (ok, failed)."
+        }
+        "threadwarden_external_skipped_total" => {
+            "User messages the external classifier was not asked about (when, replays)."
+        }
+        "threadwarden_external_errors_total" => {
+            "External classifier calls failed or not made, by cause; the built-in tiers decided."
+        }
+        "threadwarden_external_agreement_total" => {
+            "External answers whose flagged categories matched the built-in tiers', by result."
+        }
+        "threadwarden_external_end_confirmations_total" => {
+            "ENDs the external classifier was asked to confirm, by outcome (confirmed, vetoed)."
+        }
+        "threadwarden_external_unknown_codes_total" => {
+            "Category codes in external answers that no mapping names (dropped)."
+        }
+        "threadwarden_external_breaker_state" => {
+            "The external classifier's breaker: 0 closed, 1 open, 2 half-open, -1 not configured."
         }
         "threadwarden_welfare_exposures_total" => {
             "Harmful and abusive user turns the assistant was exposed to, by model and category."
