@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::classify::external::Overrides;
 use crate::policy::Policy;
 
 /// A policy file that could not be used.
@@ -103,9 +104,33 @@ pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
     parse_policy(&text, &path.display().to_string())
 }
 
+/// `load_policy`, with the command line's external-tier settings laid over the file's and the
+/// result validated again (a bad flag is named as `command line`).
+pub fn load_policy_with(path: &Path, overrides: &Overrides) -> Result<Policy, ConfigError> {
+    let mut policy = load_policy(path)?;
+    with_overrides(&mut policy, overrides)?;
+    Ok(policy)
+}
+
+/// Lays `overrides` over `policy`'s external tier and validates it again.
+pub fn with_overrides(policy: &mut Policy, overrides: &Overrides) -> Result<(), ConfigError> {
+    overrides.apply(&mut policy.classify.external);
+    policy
+        .classify
+        .external
+        .validate()
+        .map_err(|(field, message)| ConfigError::Invalid {
+            origin: "command line".into(),
+            line: 0,
+            field,
+            message,
+        })
+}
+
 /// Reloads the policy file on SIGHUP, or when its modification time changes.
 pub struct Reloader {
     path: PathBuf,
+    overrides: Overrides,
     tx: watch::Sender<Arc<Policy>>,
     poll: Duration,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
@@ -116,10 +141,17 @@ impl Reloader {
     pub fn new(path: PathBuf, tx: watch::Sender<Arc<Policy>>, poll: Duration) -> Reloader {
         Reloader {
             path,
+            overrides: Overrides::default(),
             tx,
             poll,
             metrics: None,
         }
+    }
+
+    /// Lays the command line's external-tier settings over every reloaded file.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Reloader {
+        self.overrides = overrides;
+        self
     }
 
     /// Counts reloads in `metrics`.
@@ -138,7 +170,7 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> bool {
-        match load_policy(&self.path) {
+        match load_policy_with(&self.path, &self.overrides) {
             Ok(policy) => {
                 let version = policy.version.clone();
                 self.tx.send_replace(Arc::new(policy));

@@ -302,7 +302,10 @@ fn gate(policy: &Policy, event: &Event<'_>, scores: &Scores, mut verdict: Verdic
 /// severe or elevated category. (The external tier confirms exactly these ENDs.)
 pub fn would_end(policy: &Policy, state: &ThreadState, scores: &Scores) -> bool {
     end_armed(state)
-        && matches!(harmful(policy, scores), Some((_, Tier::Severe | Tier::Elevated)))
+        && matches!(
+            harmful(policy, scores),
+            Some((_, Tier::Severe | Tier::Elevated))
+        )
 }
 
 /// Whether the thread is one step from an END: the next severe or elevated harmful user turn

@@ -11,8 +11,8 @@
 mod config;
 
 pub use config::{
-    Band, Breaker, ExternalConfig, Kind, Prompt, Retry, ShieldGemma, ShieldPolicy, Target, When,
-    default_map,
+    API_KEY_ENV, Band, Breaker, ExternalConfig, Kind, Overrides, Prompt, Retry, ShieldGemma,
+    ShieldPolicy, Target, When, default_map,
 };
 
 use std::sync::Arc;
