@@ -223,6 +223,51 @@ mod tests {
     use crate::policy::{Mode, Tier};
 
     #[test]
+    fn external_errors_name_the_field_and_line() {
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    when: sometimes\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.yaml:4:"), "{e}");
+        assert!(e.contains("classify.external.when"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    url: http://x:1\n    kind: llama-guard\n    model: m\n    timeout: 0s\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.yaml:7: classify.external.timeout"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    url: ftp://x\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("classify.external.url"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    categories: { S1: nonsense }\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown target"), "{e}");
+        let ok = parse_policy(
+            "version: v1\nclassify:\n  external:\n    kind: llama-guard\n    url: http://127.0.0.1:8000\n    model: m\n    categories: { S2: violent_crime, S11: crisis_self }\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let x = &ok.classify.external;
+        assert!(x.enabled());
+        assert_eq!(
+            x.target("S2"),
+            Some(crate::classify::external::Target::Category(Category::ViolentCrime))
+        );
+        assert_eq!(x.target("S99"), None);
+    }
+
+    #[test]
     fn empty_file_is_the_builtin_policy() {
         assert_eq!(parse_policy("", "p.yaml").unwrap(), Policy::default());
     }
@@ -233,6 +278,7 @@ mod tests {
         let p = parse_policy(text, "examples/policy.yaml").unwrap();
         let d = Policy::default();
         assert_eq!(p.escalation, d.escalation);
+        assert_eq!(p.classify, d.classify);
         assert_eq!(p.thresholds, d.thresholds);
         for c in Category::ALL {
             assert_eq!(p.category(c), d.category(c), "{c:?}");
