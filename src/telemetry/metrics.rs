@@ -1066,7 +1066,9 @@ mod tests {
         });
         m.counters(|name, _, _| {
             assert!(
-                COUNTER_NAMES.contains(&name) || BACKEND_COUNTER_NAMES.contains(&name),
+                COUNTER_NAMES.contains(&name)
+                    || BACKEND_COUNTER_NAMES.contains(&name)
+                    || EXTERNAL_COUNTER_NAMES.contains(&name),
                 "{name}"
             )
         });

@@ -197,6 +197,7 @@ fn register_observables(provider: &opentelemetry_sdk::metrics::SdkMeterProvider,
     for name in metrics::COUNTER_NAMES
         .into_iter()
         .chain(metrics::BACKEND_COUNTER_NAMES)
+        .chain(metrics::EXTERNAL_COUNTER_NAMES)
     {
         let m = m.clone();
         let otel_name = name.trim_end_matches("_total");
