@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::api::StreamLimits;
+use crate::classify::external::{Kind, Overrides, When};
 use crate::crisis::notifier::NotifierConfig;
 use crate::listener::ConnectionLimits;
 use crate::server::{App, ServeConfig, TlsFiles};
@@ -191,6 +192,27 @@ pub struct ServeArgs {
     /// the system's and the webpki roots.
     #[arg(long, env = "THREADWARDEN_STATE_TLS_CA")]
     pub state_tls_ca: Option<PathBuf>,
+    /// The external classifier tier's API: `openai-moderation` (`/v1/moderations`),
+    /// `llama-guard` or `shieldgemma` (`/v1/chat/completions`). Overrides the policy file's
+    /// `classify.external.kind`.
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_KIND", value_parser = parse_kind)]
+    pub external_kind: Option<Kind>,
+    /// The external model server's base URL (e.g. `http://127.0.0.1:8000`); setting it opts in
+    /// to sending message text there. Overrides `classify.external.url`.
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+    /// The `model` field sent to the external server. Overrides `classify.external.model`.
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_MODEL")]
+    pub external_model: Option<String>,
+    /// When the external tier is asked: `always`, `uncertain` (the default), `never`.
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_WHEN", value_parser = parse_when)]
+    pub external_when: Option<When>,
+    /// Deadline of one external call, retries included (default 250ms).
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub external_timeout: Option<Duration>,
+    /// File holding the external API key (else THREADWARDEN_EXTERNAL_API_KEY); never a flag.
+    #[arg(long, env = "THREADWARDEN_EXTERNAL_API_KEY_FILE")]
+    pub external_api_key_file: Option<PathBuf>,
     /// OTLP/gRPC collector endpoint for traces and metrics; nothing is exported when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -290,9 +312,26 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 handshake_timeout: self.handshake_timeout,
             },
+            external: Overrides {
+                kind: self.external_kind,
+                url: self.external_url.clone(),
+                model: self.external_model.clone(),
+                when: self.external_when,
+                timeout: self.external_timeout,
+                api_key_file: self.external_api_key_file.clone(),
+            },
             ..defaults
         }
     }
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::from_name(s)
+        .ok_or_else(|| format!("{s:?}: expected openai-moderation, llama-guard or shieldgemma"))
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    When::from_name(s).ok_or_else(|| format!("{s:?}: expected always, uncertain or never"))
 }
 
 /// Parses the command line and runs it.

@@ -112,6 +112,11 @@ pub struct Scores {
     pub affirmation: f32,
     /// Only the head and tail of an over-long text were classified.
     pub truncated: bool,
+    /// The semantic tier read this text (it was covered by its vocabulary).
+    pub semantic: bool,
+    /// The external tier was asked to confirm an END on this message and disagreed: a turn
+    /// that would END is redirected instead (it still counts).
+    pub end_vetoed: bool,
 }
 
 impl Scores {

@@ -11,12 +11,17 @@
 //!   take the thread's entry (or, with a shared backend, a compare-and-set on it) →
 //!   `policy::decide` → encode, and the welfare figures read off
 //!   each decision (exposures, harmful streaks, the model's end requests, ENDs per model).
-//!   Shared by the gRPC service and `replay`.
+//!   Shared by the gRPC service and `replay`. With an external classifier, `decide_async`
+//!   asks it between classifying and deciding; `api::cascade` holds the two pure rules of the
+//!   cascade (when to ask, how an answer combines), shared with the lab's `eval --external`.
 //! - [`policy`]: the pure decision function and `ThreadState`. No tokio, no I/O, no clock.
 //! - [`classify`]: the built-in classifier, in two tiers merged per head: the rules
 //!   (normaliser, weighted lexicon, intent × object rules, benign-context suppressors, the
 //!   n-gram abuse head) and the semantic tier (`classify::semantic`: distilled static token
-//!   embeddings, trained heads, a learned combiner per head). Pure.
+//!   embeddings, trained heads, a learned combiner per head). Pure, but for
+//!   `classify::external`: tier 3, a guard model over HTTP (Llama Guard, ShieldGemma, a
+//!   moderation API) behind a breaker, a timeout, a shedding concurrency limit and connect-only
+//!   retries, its answers mapped onto our categories.
 //! - [`crisis`]: the crisis directory (locale → country → resources), support messages, and the
 //!   webhook notifier (bounded queue, retries, never on the verdict path).
 //! - [`state`]: `ThreadStore` over DashMap, TTL and capacity eviction (with a hook told of each

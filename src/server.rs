@@ -21,6 +21,7 @@ use crate::api::oversize::OversizeLayer;
 use crate::api::pb::moderation_service_server::ModerationServiceServer;
 use crate::api::{ModerationApi, StreamLimits};
 use crate::classify::Classifier;
+use crate::classify::external::{External, Overrides};
 use crate::config::{self, ConfigError, Reloader};
 use crate::crisis::notifier::{Notifier, NotifierConfig, NotifierError};
 use crate::crisis::{Directory, DirectoryError};
@@ -73,6 +74,8 @@ pub struct ServeConfig {
     /// Thread state shared across replicas (Redis); in memory when absent. Its TTLs are the
     /// store's.
     pub state_backend: Option<SharedConfig>,
+    /// The external classifier tier's settings from the command line, over the policy file's.
+    pub external: Overrides,
 }
 
 /// PEM files for TLS.
@@ -106,6 +109,7 @@ impl Default for ServeConfig {
             crisis_webhook: None,
             connection_limits: ConnectionLimits::default(),
             state_backend: None,
+            external: Overrides::default(),
         }
     }
 }
@@ -143,6 +147,9 @@ pub enum ServerError {
     /// The state backend URL or its password is invalid (exit code 64).
     #[error("state backend: {0}")]
     StateBackend(String),
+    /// The external classifier tier cannot be set up, e.g. its key file (exit code 64).
+    #[error("external tier: {0}")]
+    External(String),
 }
 
 impl ServerError {
@@ -157,6 +164,7 @@ impl ServerError {
                 | ServerError::Tls(_)
                 | ServerError::Notifier(_)
                 | ServerError::StateBackend(_)
+                | ServerError::External(_)
         )
     }
 }
@@ -202,10 +210,18 @@ impl App {
             .clone()
             .map(|c| Notifier::start(c, config.metrics.clone()))
             .transpose()?;
-        let policy = match &config.policy_path {
+        let mut policy = match &config.policy_path {
             Some(p) => config::load_policy(p)?,
             None => Policy::default(),
         };
+        config::with_overrides(&mut policy, &config.external)?;
+        let external = policy
+            .classify
+            .external
+            .enabled()
+            .then(|| External::new(&policy.classify.external, config.metrics.clone()))
+            .transpose()
+            .map_err(ServerError::External)?;
         let directory = match &config.directory_path {
             Some(p) => Directory::load_file(p)?,
             None => Directory::builtin(),
@@ -262,6 +278,10 @@ impl App {
             Some(shared) => engine.with_shared(shared),
             None => engine,
         };
+        let engine = match external {
+            Some(external) => engine.with_external(external),
+            None => engine,
+        };
         log_classifier_pages();
         Ok(App {
             engine: Arc::new(engine),
@@ -311,6 +331,7 @@ impl App {
         let _reloader = config.policy_path.clone().map(|path| {
             AbortOnDrop(tokio::spawn(
                 Reloader::new(path, policy_tx.clone(), config.reload_poll)
+                    .with_overrides(config.external.clone())
                     .with_metrics(metrics.clone())
                     .run(),
             ))

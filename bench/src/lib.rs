@@ -11,6 +11,8 @@
 //!   - `loadgen::procs`: the child servers and `/proc`.
 //!   - `loadgen::echo`: the baseline server.
 //!   - `loadgen::report`: tables, markdown, criterion results, targets.
+//! - [`fake_guard`]: a stand-in guard model (`threadwarden-bench fake-guard`) answering `safe`
+//!   after a fixed delay, for the cascade's benchmarks (scripts/bench-external.sh).
 //! - `benches/micro.rs`: criterion microbenchmarks of the classifier, the policy, the store and
 //!   the engine.
 //! - `examples/`: memory per thread (`membench`), the soak client, the cache and instruction
@@ -18,5 +20,7 @@
 //!
 //! It depends on the product's public API only; nothing here is linked into the sidecar.
 #![forbid(unsafe_code)]
+
+pub mod fake_guard;
 
 pub mod loadgen;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use threadwarden_bench::loadgen;
+use threadwarden_bench::{fake_guard, loadgen};
 
 /// Load generator and echo baseline for threadwarden.
 #[derive(Parser, Debug)]
@@ -23,11 +23,14 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// The load generator's baseline: a bare server on the same proto (fixed answers).
     EchoServer(loadgen::EchoArgs),
+    /// A stand-in guard model (Llama Guard / moderation API) answering `safe` after a delay.
+    FakeGuard(fake_guard::FakeGuardArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Loadgen(args) => loadgen::main(args),
         Command::EchoServer(args) => loadgen::echo::main(args),
+        Command::FakeGuard(args) => fake_guard::main(args),
     }
 }

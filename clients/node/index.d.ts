@@ -7,6 +7,12 @@ import type { PackageDefinition } from '@grpc/proto-loader';
 
 // --- enums --------------------------------------------------------------------------------
 
+export type ClassifierTier = 'CLASSIFIER_TIER_UNSPECIFIED' | 'CLASSIFIER_TIER_RULES' | 'CLASSIFIER_TIER_SEMANTIC' | 'CLASSIFIER_TIER_EXTERNAL';
+export type ExternalStatus =
+  | 'EXTERNAL_STATUS_UNSPECIFIED' | 'EXTERNAL_STATUS_SKIPPED' | 'EXTERNAL_STATUS_AGREED'
+  | 'EXTERNAL_STATUS_DISAGREED' | 'EXTERNAL_STATUS_END_VETOED' | 'EXTERNAL_STATUS_TIMEOUT'
+  | 'EXTERNAL_STATUS_BREAKER_OPEN' | 'EXTERNAL_STATUS_OVERLOADED' | 'EXTERNAL_STATUS_CONNECT_ERROR'
+  | 'EXTERNAL_STATUS_HTTP_ERROR' | 'EXTERNAL_STATUS_PARSE_ERROR';
 export type Action = 'ACTION_UNSPECIFIED' | 'ACTION_CONTINUE' | 'ACTION_REDIRECT' | 'ACTION_END';
 export type Reason =
   | 'REASON_UNSPECIFIED' | 'REASON_BENIGN' | 'REASON_HARMFUL_REQUEST' | 'REASON_ABUSE' | 'REASON_CRISIS'
@@ -136,6 +142,10 @@ export interface Verdict {
   endDeniedDetail: string;
   /** Decided from the sidecar's local copy because the shared state store did not answer. */
   degraded: boolean;
+  /** The classifier tiers this verdict was decided on (empty without text, and for replays). */
+  tiers: ClassifierTier[];
+  /** What the external guard model did on this event. */
+  external: ExternalStatus;
 }
 
 export interface EventError {

@@ -184,6 +184,8 @@ pub fn verdict_to_pb(v: &Verdict, d: &Dress<'_>) -> pb::Verdict {
         truncated: v.truncated,
         replayed: v.replayed,
         degraded: false,
+        tiers: Vec::new(),
+        external: 0,
     }
 }
 

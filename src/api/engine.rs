@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::api::cascade::{self, Ask};
 use crate::api::convert::{Dress, verdict_to_pb};
 use crate::api::{EventError, pb, validate};
 use crate::classify::Classifier;
+use crate::classify::external::{External, Failure};
 use crate::crisis::Directory;
 use crate::domain::{CrisisKind, Scores};
 use crate::policy::{self, Action, Event, EventKind, ForkError, Policy};
@@ -61,6 +63,8 @@ struct Prepared<'e> {
     now: u32,
     /// The welfare slot of the event's model, looked up only by an event that needs it.
     model_slot: OnceLock<u8>,
+    /// What the external tier did (`Unspecified` while none is configured).
+    external: pb::ExternalStatus,
 }
 
 /// What deciding did to the thread.
@@ -190,6 +194,9 @@ pub struct Engine {
     /// Whether the store forgetting a thread closes its harmful streak as `idle` (not with a
     /// shared backend).
     idle_closes: Arc<AtomicBool>,
+    /// The external tier's client, built at start (or at first use after a reload turned the
+    /// tier on).
+    external: OnceLock<External>,
 }
 
 impl Engine {
@@ -217,7 +224,20 @@ impl Engine {
             sinks,
             shared: None,
             idle_closes,
+            external: OnceLock::new(),
         }
+    }
+
+    /// Asks the external tier through `external` (built from the policy's section at start).
+    pub fn with_external(self, external: External) -> Engine {
+        let _ = self.external.set(external);
+        self
+    }
+
+    /// Whether events must be decided by `decide_async`: a shared state backend, or an
+    /// external tier in the running policy.
+    pub fn is_async(&self) -> bool {
+        self.shared.is_some() || self.policy.borrow().classify.external.enabled()
     }
 
     /// Keeps thread state in the shared backend; the engine's own store becomes its local copy.
@@ -255,41 +275,45 @@ impl Engine {
     }
 
     fn decide_inner(&self, event: &pb::ConversationEvent) -> Result<Decided, EventError> {
-        use pb::conversation_event::Payload;
         let prep = self.prepare(event)?;
-        let welfare = &self.sinks.metrics.welfare;
-        let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
-        let applied = match prep.payload {
-            Payload::Fork(fork) => self.fork(&prep, fork, step)?,
-            _ => self.store.with_thread(prep.key, step),
-        };
+        let applied = self.apply_local(&prep)?;
         Ok(self.finish(event, prep, applied, false))
     }
 
-    /// The shared state backend, when the engine has one.
-    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
-        self.shared.as_ref()
+    /// Decides a prepared event on the local store.
+    fn apply_local(&self, prep: &Prepared<'_>) -> Result<Applied, EventError> {
+        use pb::conversation_event::Payload;
+        let welfare = &self.sinks.metrics.welfare;
+        let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
+        match prep.payload {
+            Payload::Fork(fork) => self.fork(prep, fork, step),
+            _ => Ok(self.store.with_thread(prep.key, step)),
+        }
     }
 
-    /// Decides one event against the shared state backend (one compare-and-set on the
-    /// thread); `decide` when the engine has none.
-    pub async fn decide_shared(
+    /// Decides one event, asking the external tier when the running policy says so, against
+    /// the shared state backend when there is one. `context` is the thread's previous
+    /// assistant turn, when the caller's stream carried it (sent only with a user message).
+    pub async fn decide_async(
         &self,
         event: &pb::ConversationEvent,
+        context: Option<&str>,
     ) -> Result<Decided, EventError> {
-        let Some(shared) = self.shared.as_ref() else {
-            return self.decide(event);
-        };
-        self.counted(self.decide_shared_inner(shared, event).await)
+        self.counted(self.decide_async_inner(event, context).await)
     }
 
-    async fn decide_shared_inner(
+    async fn decide_async_inner(
         &self,
-        shared: &SharedStore,
         event: &pb::ConversationEvent,
+        context: Option<&str>,
     ) -> Result<Decided, EventError> {
         use pb::conversation_event::Payload;
-        let prep = self.prepare(event)?;
+        let mut prep = self.prepare(event)?;
+        self.consult(&mut prep, context).await;
+        let Some(shared) = self.shared.as_ref() else {
+            let applied = self.apply_local(&prep)?;
+            return Ok(self.finish(event, prep, applied, false));
+        };
         let welfare = &self.sinks.metrics.welfare;
         let step = |state: &mut policy::ThreadState| prep.step(state, welfare);
         let (applied, degraded) = match prep.payload {
@@ -297,6 +321,91 @@ impl Engine {
             _ => shared.update(&self.store, prep.key, step).await?,
         };
         Ok(self.finish(event, prep, applied, degraded))
+    }
+
+    /// The external tier's client for the running policy, built at first use if the tier was
+    /// turned on by a reload; `None` if it cannot be built (logged, counted as a connect error).
+    fn external_client(&self) -> Option<&External> {
+        if let Some(e) = self.external.get() {
+            return Some(e);
+        }
+        let policy = self.policy();
+        match External::new(&policy.classify.external, self.sinks.metrics.clone()) {
+            Ok(e) => Some(self.external.get_or_init(|| e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "external tier: the client cannot be built; the built-in tiers decide");
+                None
+            }
+        }
+    }
+
+    /// The external tier (DESIGN §4, tier 3): asks it about a user message when `when` says
+    /// so (`api::cascade::ask`, then the thread's local state) and combines its answer into
+    /// the prepared scores. Any failure leaves the built-in scores; it is counted by cause.
+    async fn consult(&self, prep: &mut Prepared<'_>, context: Option<&str>) {
+        let policy = prep.policy.clone();
+        let config = &policy.classify.external;
+        let (EventKind::User, Some(text)) = (prep.event.kind, prep.text) else {
+            return;
+        };
+        if !config.enabled() {
+            return;
+        }
+        let metrics = &self.sinks.metrics.external;
+        prep.external = pb::ExternalStatus::Skipped;
+        let mut ask = cascade::ask(config, &prep.scores);
+        // The thread as this replica knows it: a replay is never sent (it must change
+        // nothing), and `uncertain` looks at crisis suspicion and at one step from END.
+        let (id, scores) = (prep.event.id, &prep.scores);
+        let seen = self.store.with_existing(prep.key, |state| {
+            (
+                state.has_event(id),
+                policy::would_end(&policy, state, scores),
+                cascade::ask_on_thread(state, scores),
+            )
+        });
+        let mut would_end = false;
+        if let Some((replay, ends, on_thread)) = seen {
+            if replay {
+                ask = Ask::No;
+            }
+            would_end = ends;
+            if ask == Ask::IfThread && on_thread {
+                ask = Ask::Yes;
+            }
+        }
+        if ask != Ask::Yes {
+            metrics.skipped();
+            return;
+        }
+        let Some(external) = self.external_client() else {
+            metrics.refused(Failure::Connect);
+            prep.external = pb::ExternalStatus::ConnectError;
+            return;
+        };
+        let context = context.filter(|_| config.context);
+        match external.judge(config, text, context).await {
+            Ok(judgement) => {
+                metrics.unknown_codes(judgement.unknown_codes);
+                let merged = cascade::merge(&policy, config, &prep.scores, &judgement, would_end);
+                metrics.agreement(merged.agreed);
+                if let Some(confirmed) = merged.confirmed {
+                    metrics.confirmation(confirmed);
+                }
+                prep.scores = merged.scores;
+                prep.external = match (merged.confirmed, merged.agreed) {
+                    (Some(false), _) => pb::ExternalStatus::EndVetoed,
+                    (_, true) => pb::ExternalStatus::Agreed,
+                    (_, false) => pb::ExternalStatus::Disagreed,
+                };
+            }
+            Err(failure) => prep.external = external_status(failure),
+        }
+    }
+
+    /// The shared state backend, when the engine has one.
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
     }
 
     /// Validates and classifies an event: everything before the thread's state is touched.
@@ -347,6 +456,7 @@ impl Engine {
             },
             now: self.store.now(),
             model_slot: OnceLock::new(),
+            external: pb::ExternalStatus::Unspecified,
         })
     }
 
@@ -389,6 +499,21 @@ impl Engine {
             },
         );
         verdict.degraded = degraded;
+        if text.is_some() {
+            verdict.tiers.push(pb::ClassifierTier::Rules as i32);
+            if scores.semantic {
+                verdict.tiers.push(pb::ClassifierTier::Semantic as i32);
+            }
+            if matches!(
+                prep.external,
+                pb::ExternalStatus::Agreed
+                    | pb::ExternalStatus::Disagreed
+                    | pb::ExternalStatus::EndVetoed
+            ) {
+                verdict.tiers.push(pb::ClassifierTier::External as i32);
+            }
+        }
+        verdict.external = prep.external as i32;
         let decide_time = started.elapsed();
         let m = &self.sinks.metrics;
         if text.is_some() {
@@ -638,7 +763,9 @@ impl Engine {
     ) {
         let (key, v, scores) = (decided.thread_key, &decided.decision, &decided.scores);
         let degraded = decided.verdict.degraded;
+        let external = decided.verdict.external();
         let notable = ends(v)
+            || external == pb::ExternalStatus::EndVetoed
             || v.warning
             || v.crisis.is_some()
             || v.end_denied.is_some()
@@ -671,6 +798,9 @@ impl Engine {
             "policy_version": policy.version,
             "degraded": degraded,
         });
+        if external != pb::ExternalStatus::Unspecified {
+            record["external"] = json!(external_name(external));
+        }
         // Welfare: the model's bounded label (never the event's own string) and a closed streak.
         let model = welfare.model.unwrap_or_else(|| {
             let w = &self.sinks.metrics.welfare;
@@ -693,6 +823,26 @@ struct Welfare {
     model: Option<&'static str>,
     /// A harmful streak that closed on this event, and the harmful turns it reached.
     streak: Option<(StreakOutcome, u8)>,
+}
+
+/// The decision log's name of an external status (`end_vetoed`, `timeout`...).
+fn external_name(status: pb::ExternalStatus) -> String {
+    status
+        .as_str_name()
+        .trim_start_matches("EXTERNAL_STATUS_")
+        .to_ascii_lowercase()
+}
+
+/// The verdict's account of an external call that gave no judgement.
+fn external_status(failure: Failure) -> pb::ExternalStatus {
+    match failure {
+        Failure::Timeout => pb::ExternalStatus::Timeout,
+        Failure::BreakerOpen => pb::ExternalStatus::BreakerOpen,
+        Failure::Overloaded => pb::ExternalStatus::Overloaded,
+        Failure::Connect => pb::ExternalStatus::ConnectError,
+        Failure::Status(_) => pb::ExternalStatus::HttpError,
+        Failure::Parse => pb::ExternalStatus::ParseError,
+    }
 }
 
 /// True if the verdict ENDs the thread (or would have, in shadow mode), for the first time.

@@ -5,6 +5,7 @@
 //! Imports run one way: `service` → `engine` → `convert`, `validate`, `error`, `pb`.
 
 pub mod auth;
+pub mod cascade;
 pub mod convert;
 pub mod engine;
 mod error;

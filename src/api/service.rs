@@ -6,10 +6,11 @@
 //! not read for `slow_consumer_deadline`, its slot is released and the stream ends with
 //! DEADLINE_EXCEEDED after the answers already sent.
 //!
-//! With a shared state backend (Redis) each event waits on a round trip, so a stream keeps up
-//! to `STREAM_IN_FLIGHT` events in flight: different threads' round trips overlap, an event
-//! whose thread (or fork parent) has one in flight waits for it, and the answers still leave
-//! in request order.
+//! With a shared state backend (Redis) or an external classifier tier, an event may wait on a
+//! round trip, so a stream keeps up to `STREAM_IN_FLIGHT` events in flight: different
+//! threads' round trips overlap, an event whose thread (or fork parent) has one in flight
+//! waits for it, and the answers still leave in request order. An event that needs no round
+//! trip is decided on its first poll.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -148,17 +149,21 @@ fn decide_traced(
     result
 }
 
-/// Decides one event against the shared state backend inside its span.
-async fn decide_shared_traced(
+/// Decides one event with `Engine::decide_async` (shared state, external tier) inside its span.
+async fn decide_async_traced(
     engine: &Engine,
     event: &pb::ConversationEvent,
     call: &CallTrace,
+    context: Option<&str>,
 ) -> Result<Decided, EventError> {
     use tracing::Instrument;
     let Some(span) = event_span(event, call) else {
-        return engine.decide_shared(event).await;
+        return engine.decide_async(event, context).await;
     };
-    let result = engine.decide_shared(event).instrument(span.clone()).await;
+    let result = engine
+        .decide_async(event, context)
+        .instrument(span.clone())
+        .await;
     record_decision(&span, engine, &result);
     result
 }
@@ -278,19 +283,20 @@ fn respond(
     answer(event, decided)
 }
 
-/// `respond` against the shared state backend: the stream waits for it, one event at a time,
-/// so answers keep the requests' order.
-async fn respond_shared(
+/// `respond` by `Engine::decide_async`: the stream answers it in request order
+/// (`Moderation::poll_async`). `context` is the thread's previous assistant turn.
+async fn respond_async(
     engine: Arc<Engine>,
     req: pb::ModerateRequest,
     call: CallTrace,
     principal: Principal,
+    context: Option<String>,
 ) -> pb::ModerateResponse {
     let Some(event) = req.event else {
         return missing_event(&engine);
     };
     let decided = match check_tenant(&engine, &principal, &event.tenant_id) {
-        Ok(()) => decide_shared_traced(&engine, &event, &call).await,
+        Ok(()) => decide_async_traced(&engine, &event, &call, context.as_deref()).await,
         Err(e) => Err(e),
     };
     answer(event, decided)
@@ -397,6 +403,49 @@ struct Moderation {
     held: Option<pb::ModerateRequest>,
     /// The inbound half ended (cleanly, or with this status): finish once all is answered.
     ended: Option<Option<Status>>,
+    /// With an external tier that takes context: each thread's latest assistant turn on this
+    /// stream, sent with the thread's next user message, then dropped.
+    contexts: Contexts,
+}
+
+/// Threads whose latest assistant turn a stream holds at most (beyond, the oldest go).
+const CONTEXT_THREADS: usize = 256;
+
+/// The previous assistant turn per thread, on one stream: held in memory for the next user
+/// message and never stored (threadwarden keeps no text).
+#[derive(Default)]
+struct Contexts {
+    texts: std::collections::HashMap<ThreadKey, String>,
+    order: VecDeque<ThreadKey>,
+}
+
+impl Contexts {
+    /// Notes an assistant turn, or takes the context of a user message; `None` otherwise.
+    fn exchange(&mut self, req: &pb::ModerateRequest, max_chars: usize) -> Option<String> {
+        use pb::conversation_event::Payload;
+        let event = req.event.as_ref()?;
+        let key = ThreadKey::new(&event.tenant_id, &event.thread_id);
+        match &event.payload {
+            Some(Payload::AssistantMessage(m)) => {
+                let text: String = m.text.chars().take(max_chars).collect();
+                if self.texts.insert(key, text).is_none() {
+                    self.order.push_back(key);
+                }
+                while self.texts.len() > CONTEXT_THREADS {
+                    if let Some(old) = self.order.pop_front() {
+                        self.texts.remove(&old);
+                    }
+                }
+                None
+            }
+            Some(Payload::UserMessage(_)) => {
+                let text = self.texts.remove(&key)?;
+                self.order.retain(|k| *k != key);
+                Some(text)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Events of one `Moderate` stream decided at once against the shared state backend (each
@@ -457,9 +506,10 @@ impl Moderation {
 }
 
 impl Moderation {
-    /// `poll_next` with a shared state backend: up to `STREAM_IN_FLIGHT` events decided at
-    /// once, one thread's events one after another, answers in request order.
-    fn poll_shared(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+    /// `poll_next` with a shared state backend or an external tier: up to `STREAM_IN_FLIGHT`
+    /// events decided at once, one thread's events one after another, answers in request
+    /// order. An event that needs no round trip is decided on its first poll.
+    fn poll_async(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
         loop {
             if let Some(req) = self.held.take() {
                 self.start_or_hold(req);
@@ -512,12 +562,20 @@ impl Moderation {
             self.held = Some(req);
             return;
         }
+        let policy = self.engine.policy();
+        let external = &policy.classify.external;
+        let context = if external.enabled() && external.context {
+            self.contexts.exchange(&req, external.max_chars)
+        } else {
+            None
+        };
         self.in_flight_threads.push_back(threads);
-        self.in_flight.push_back(Box::pin(respond_shared(
+        self.in_flight.push_back(Box::pin(respond_async(
             self.engine.clone(),
             req,
             self.call.clone(),
             self.principal.clone(),
+            context,
         )));
     }
 }
@@ -539,8 +597,10 @@ impl Stream for Moderation {
         let p = this.shared.progress.load(Ordering::Relaxed);
         this.shared.progress.store((p | 1) + 1, Ordering::Release);
         this.shared.inbound_waker.register(cx.waker());
-        if this.engine.shared().is_some() {
-            return this.poll_shared(cx);
+        // Events in flight keep the ordered path until answered, even if a reload turned the
+        // external tier off meanwhile.
+        if this.engine.is_async() || !this.in_flight.is_empty() || this.held.is_some() {
+            return this.poll_async(cx);
         }
         let mut inbound_cx = Context::from_waker(&this.inbound_waker);
         match Pin::new(&mut this.inbound).poll_next(&mut inbound_cx) {
@@ -615,6 +675,7 @@ impl ModerationService for ModerationApi {
             in_flight_threads: VecDeque::new(),
             held: None,
             ended: None,
+            contexts: Contexts::default(),
         })))
     }
 
@@ -629,8 +690,8 @@ impl ModerationService for ModerationApi {
             Status::invalid_argument("event: required")
         })?;
         check_tenant(&self.engine, &principal, &event.tenant_id)?;
-        let decided = if self.engine.shared().is_some() {
-            decide_shared_traced(&self.engine, &event, &call).await?
+        let decided = if self.engine.is_async() {
+            decide_async_traced(&self.engine, &event, &call, None).await?
         } else {
             decide_traced(&self.engine, &event, &call)?
         };

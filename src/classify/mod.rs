@@ -328,6 +328,7 @@ impl SemanticWork {
         let mut logits = [0.0f32; HEAD_COUNT];
         heads.logits(&v, &mut self.hidden, &mut logits);
         semantic::merge(heads, &logits, scores, explain);
+        scores.semantic = true;
     }
 }
 

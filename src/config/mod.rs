@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::classify::external::Overrides;
 use crate::policy::Policy;
 
 /// A policy file that could not be used.
@@ -103,9 +104,33 @@ pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
     parse_policy(&text, &path.display().to_string())
 }
 
+/// `load_policy`, with the command line's external-tier settings laid over the file's and the
+/// result validated again (a bad flag is named as `command line`).
+pub fn load_policy_with(path: &Path, overrides: &Overrides) -> Result<Policy, ConfigError> {
+    let mut policy = load_policy(path)?;
+    with_overrides(&mut policy, overrides)?;
+    Ok(policy)
+}
+
+/// Lays `overrides` over `policy`'s external tier and validates it again.
+pub fn with_overrides(policy: &mut Policy, overrides: &Overrides) -> Result<(), ConfigError> {
+    overrides.apply(&mut policy.classify.external);
+    policy
+        .classify
+        .external
+        .validate()
+        .map_err(|(field, message)| ConfigError::Invalid {
+            origin: "command line".into(),
+            line: 0,
+            field,
+            message,
+        })
+}
+
 /// Reloads the policy file on SIGHUP, or when its modification time changes.
 pub struct Reloader {
     path: PathBuf,
+    overrides: Overrides,
     tx: watch::Sender<Arc<Policy>>,
     poll: Duration,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
@@ -116,10 +141,17 @@ impl Reloader {
     pub fn new(path: PathBuf, tx: watch::Sender<Arc<Policy>>, poll: Duration) -> Reloader {
         Reloader {
             path,
+            overrides: Overrides::default(),
             tx,
             poll,
             metrics: None,
         }
+    }
+
+    /// Lays the command line's external-tier settings over every reloaded file.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Reloader {
+        self.overrides = overrides;
+        self
     }
 
     /// Counts reloads in `metrics`.
@@ -138,7 +170,7 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> bool {
-        match load_policy(&self.path) {
+        match load_policy_with(&self.path, &self.overrides) {
             Ok(policy) => {
                 let version = policy.version.clone();
                 self.tx.send_replace(Arc::new(policy));
@@ -191,6 +223,51 @@ mod tests {
     use crate::policy::{Mode, Tier};
 
     #[test]
+    fn external_errors_name_the_field_and_line() {
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    when: sometimes\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.yaml:4:"), "{e}");
+        assert!(e.contains("classify.external.when"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    url: http://x:1\n    kind: llama-guard\n    model: m\n    timeout: 0s\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("p.yaml:7: classify.external.timeout"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    url: ftp://x\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("classify.external.url"), "{e}");
+        let e = parse_policy(
+            "version: v1\nclassify:\n  external:\n    categories: { S1: nonsense }\n",
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown target"), "{e}");
+        let ok = parse_policy(
+            "version: v1\nclassify:\n  external:\n    kind: llama-guard\n    url: http://127.0.0.1:8000\n    model: m\n    categories: { S2: violent_crime, S11: crisis_self }\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let x = &ok.classify.external;
+        assert!(x.enabled());
+        assert_eq!(
+            x.target("S2"),
+            Some(crate::classify::external::Target::Category(Category::ViolentCrime))
+        );
+        assert_eq!(x.target("S99"), None);
+    }
+
+    #[test]
     fn empty_file_is_the_builtin_policy() {
         assert_eq!(parse_policy("", "p.yaml").unwrap(), Policy::default());
     }
@@ -201,6 +278,7 @@ mod tests {
         let p = parse_policy(text, "examples/policy.yaml").unwrap();
         let d = Policy::default();
         assert_eq!(p.escalation, d.escalation);
+        assert_eq!(p.classify, d.classify);
         assert_eq!(p.thresholds, d.thresholds);
         for c in Category::ALL {
             assert_eq!(p.category(c), d.category(c), "{c:?}");

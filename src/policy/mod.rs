@@ -297,6 +297,31 @@ fn gate(policy: &Policy, event: &Event<'_>, scores: &Scores, mut verdict: Verdic
     verdict
 }
 
+/// Whether a user turn with `scores` would END this thread for persistent harm or abuse: the
+/// thread is warned, not ended, in no crisis and not suspected, and the turn is harmful in a
+/// severe or elevated category. (The external tier confirms exactly these ENDs.)
+pub fn would_end(policy: &Policy, state: &ThreadState, scores: &Scores) -> bool {
+    end_armed(state)
+        && matches!(
+            harmful(policy, scores),
+            Some((_, Tier::Severe | Tier::Elevated))
+        )
+}
+
+/// Whether the thread is one step from an END: the next severe or elevated harmful user turn
+/// ENDs it.
+pub fn end_armed(state: &ThreadState) -> bool {
+    state.flags.has(Flags::WARNED)
+        && !state.flags.has(Flags::ENDED)
+        && state.crisis_kind().is_none()
+        && !state.crisis_suspected()
+}
+
+/// Whether `scores` flag `category`: at or above its rule's threshold.
+pub fn flags(policy: &Policy, scores: &Scores, category: Category) -> bool {
+    scores.get(category) >= policy.category(category).threshold
+}
+
 /// The most severe category over its threshold, with its tier.
 fn harmful(policy: &Policy, scores: &Scores) -> Option<(Category, Tier)> {
     Category::ALL
@@ -438,6 +463,10 @@ fn user_turn(policy: &Policy, state: &mut ThreadState, scores: &Scores) -> Verdi
                 verdict.crisis = support;
             } else if suspected {
                 // The same, without resources: an END must be certain that nobody is at risk.
+                esc.strikes = esc.strikes.saturating_add(1);
+                verdict.reason = base_reason;
+            } else if flags.has(Flags::WARNED) && scores.end_vetoed {
+                // The external tier, asked to confirm this END, disagreed: steer away, count it.
                 esc.strikes = esc.strikes.saturating_add(1);
                 verdict.reason = base_reason;
             } else if flags.has(Flags::WARNED) {

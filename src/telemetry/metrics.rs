@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
+use crate::classify::external::Failure;
 use crate::domain::{CATEGORY_COUNT, Category, CrisisKind};
 use crate::policy::{Action, Denial, MODEL_SLOTS, Reason};
-use crate::classify::external::Failure;
 use crate::state::shared::Cause;
 
 const ACTIONS: [Action; 3] = Action::ALL;
@@ -561,7 +561,11 @@ impl ExternalMetrics {
             f(errors, vec![("cause", c)], self.errors[i].load(Relaxed));
         }
         for (i, r) in ["agree", "disagree"].into_iter().enumerate() {
-            f(agreement, vec![("result", r)], self.agreement[i].load(Relaxed));
+            f(
+                agreement,
+                vec![("result", r)],
+                self.agreement[i].load(Relaxed),
+            );
         }
         for (i, r) in ["confirmed", "vetoed"].into_iter().enumerate() {
             f(

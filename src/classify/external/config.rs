@@ -498,3 +498,45 @@ mod duration {
             .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
     }
 }
+
+/// The environment variable read for the API key when the config names no key source.
+pub const API_KEY_ENV: &str = "THREADWARDEN_EXTERNAL_API_KEY";
+
+/// The external tier's basics named on the command line (each also a `THREADWARDEN_EXTERNAL_*`
+/// variable), laid over the policy file's `classify.external` at start and at every reload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub kind: Option<Kind>,
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub when: Option<When>,
+    pub timeout: Option<Duration>,
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Lays these over `config`; without any key source, the key is read from `API_KEY_ENV`.
+    pub fn apply(&self, config: &mut ExternalConfig) {
+        if let Some(k) = self.kind {
+            config.kind = k;
+        }
+        if let Some(u) = &self.url {
+            config.url = u.clone();
+        }
+        if let Some(m) = &self.model {
+            config.model = m.clone();
+        }
+        if let Some(w) = self.when {
+            config.when = w;
+        }
+        if let Some(t) = self.timeout {
+            config.timeout = t;
+        }
+        if let Some(f) = &self.api_key_file {
+            config.api_key_file = Some(f.clone());
+        }
+        if config.api_key_file.is_none() && config.api_key_env.is_none() {
+            config.api_key_env = Some(API_KEY_ENV.to_string());
+        }
+    }
+}

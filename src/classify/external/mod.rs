@@ -7,7 +7,6 @@
 //! building each API's request from one message (and the previous assistant turn), parsing
 //! the answer into a [`Judgement`] on threadwarden's categories, and failing in a bounded
 //! time with a counted [`Failure`]. It keeps no text beyond the call.
-
 //!
 //! # Layout
 //! - `config`: the policy file's section.
@@ -30,8 +29,8 @@ mod transport;
 mod tests;
 
 pub use config::{
-    Band, Breaker, ExternalConfig, Kind, Prompt, Retry, ShieldGemma, ShieldPolicy, Target, When,
-    default_map, default_policies,
+    API_KEY_ENV, Band, Breaker, ExternalConfig, Kind, Overrides, Prompt, Retry, ShieldGemma,
+    ShieldPolicy, Target, When, default_map, default_policies,
 };
 pub use openai::FLAGGED_CRISIS;
 
@@ -228,11 +227,9 @@ impl External {
             Err(error) => Err(transport::failure_of(&error)),
         };
         match result {
+            // `Judgement::unknown_codes` is counted by the caller (the engine), which has it.
             Ok(judgement) => {
                 metrics.call(latency, None);
-                if judgement.unknown_codes > 0 {
-                    metrics.unknown_codes(judgement.unknown_codes);
-                }
                 Ok(judgement)
             }
             Err(failure @ (Failure::BreakerOpen | Failure::Overloaded)) => {
@@ -318,7 +315,9 @@ fn endpoint(config: &ExternalConfig) -> Option<http::Uri> {
 }
 
 /// The `Authorization` header for the configured key: the file's content (trimmed), else the
-/// environment variable's (`env` looks it up), else none. Errors name the source, never the key.
+/// environment variable's (`env` looks it up), else none. An unset or empty variable means no
+/// key (the variable is named by default, `API_KEY_ENV`, for servers that need none); an
+/// unreadable or empty file is an error. Errors name the source, never the key.
 fn api_key(
     config: &ExternalConfig,
     env: impl Fn(&str) -> Option<String>,
@@ -328,9 +327,12 @@ fn api_key(
         let key = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
         (key, source)
     } else if let Some(name) = &config.api_key_env {
-        let source = format!("classify.external.api_key_env {name}");
-        let key = env(name).ok_or_else(|| format!("{source}: not set"))?;
-        (key, source)
+        match env(name) {
+            Some(key) if !key.trim().is_empty() => {
+                (key, format!("classify.external.api_key_env {name}"))
+            }
+            _ => return Ok(None),
+        }
     } else {
         return Ok(None);
     };

@@ -260,13 +260,6 @@ async fn openai_flagged_maps_categories_and_crisis() {
     assert_eq!(j.unknown_codes, 1);
     assert_eq!(metrics.external.calls(), 1);
     assert_eq!(all_errors(&metrics), 0);
-    let mut unknown = 0;
-    metrics.counters(|name, _, v| {
-        if name == "threadwarden_external_unknown_codes_total" {
-            unknown = v;
-        }
-    });
-    assert_eq!(unknown, 1);
 }
 
 #[tokio::test]
@@ -728,8 +721,8 @@ fn api_key_sources_and_errors_never_show_the_key() {
     assert!(header.is_sensitive());
     assert!(!format!("{header:?}").contains("SECRET"));
 
-    let unset = api_key(&with(None, Some("OTHER")), env).unwrap_err();
-    assert!(unset.contains("OTHER"), "{unset}");
+    // An unset variable (the default one, for a server that needs no key) sends none.
+    assert_eq!(api_key(&with(None, Some("OTHER")), env), Ok(None));
 
     let missing = dir.path().join("missing-key");
     let error = api_key(&with(Some(missing.clone()), None), env).unwrap_err();
