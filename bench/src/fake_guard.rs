@@ -31,7 +31,10 @@ struct Fake {
 const CHAT: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"safe"},"finish_reason":"stop"}]}"#;
 const MODERATION: &str = r#"{"id":"modr-bench","model":"bench","results":[{"flagged":false,"categories":{},"category_scores":{}}]}"#;
 
-async fn answer(fake: &Fake, body: &'static str) -> ([(&'static str, &'static str); 1], &'static str) {
+async fn answer(
+    fake: &Fake,
+    body: &'static str,
+) -> ([(&'static str, &'static str); 1], &'static str) {
     fake.calls.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(fake.delay).await;
     ([("content-type", "application/json")], body)
@@ -68,7 +71,10 @@ pub fn main(args: FakeGuardArgs) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .expect("bind");
-        println!("listening on {}", listener.local_addr().expect("an address"));
+        println!(
+            "listening on {}",
+            listener.local_addr().expect("an address")
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");
         let stop = async move {
@@ -77,7 +83,9 @@ pub fn main(args: FakeGuardArgs) -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await;
         println!("calls {}", fake.calls.load(Ordering::Relaxed));
     });
     ExitCode::SUCCESS

@@ -4,6 +4,8 @@
 //! - [`eval`]: `threadwarden-lab eval --data DIR`, the classifier and the policy measured on
 //!   labelled public data through the server's exact request path (`replay::offline_engine`).
 //!   - `eval::sets`: every data set read, by kind (benign, harmful, crisis, dialogues, ...).
+//!   - `eval::external`: `eval --external URL`, a live guard model per set beside the built-in
+//!     tiers and the cascade (`when: always` and `uncertain`, through `api::cascade`).
 //!   - `eval::data`: CSV and JSONL readers. `eval::metrics`: P/R/F1, AUPRC. `eval::sim`: a
 //!     simulated chat server that honours the verdicts.
 //! - [`semantic`]: `threadwarden-lab train`, the semantic tier's heads, combiners and

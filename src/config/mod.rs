@@ -262,7 +262,9 @@ mod tests {
         assert!(x.enabled());
         assert_eq!(
             x.target("S2"),
-            Some(crate::classify::external::Target::Category(Category::ViolentCrime))
+            Some(crate::classify::external::Target::Category(
+                Category::ViolentCrime
+            ))
         );
         assert_eq!(x.target("S99"), None);
     }

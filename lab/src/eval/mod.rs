@@ -9,8 +9,12 @@
 //! conversations that carry a crisis signal; classification latency per message.
 //!
 //! Every data set is optional: what is missing under `--data` is skipped and reported as such.
+//!
+//! With `--external URL` it measures a live guard model instead ([`external`]): the built-in
+//! tiers, the model, and the cascade with `when: always` and `when: uncertain`, per set.
 
 pub mod data;
+pub mod external;
 pub mod metrics;
 pub mod sets;
 mod sim;
@@ -717,6 +721,31 @@ pub struct EvalArgs {
     /// A lexicon file to measure instead of the embedded one (try a change without a rebuild).
     #[arg(long)]
     pub lexicon: Option<std::path::PathBuf>,
+    /// Measure a live guard model at this base URL (and only that): the built-in tiers, the
+    /// model alone, and the cascade (`when: always` and `uncertain`) on every labelled set.
+    /// Sends the data's text to that server.
+    #[arg(long, value_name = "URL")]
+    pub external: Option<String>,
+    /// The model's API: openai-moderation, llama-guard or shieldgemma.
+    #[arg(long, default_value = "llama-guard", value_parser = parse_kind)]
+    pub external_kind: threadwarden::classify::external::Kind,
+    /// The `model` field of each request.
+    #[arg(long, default_value = "")]
+    pub external_model: String,
+    /// Per call, retries included (`500ms`, `2s`).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub external_timeout: std::time::Duration,
+    /// A file holding the API key (sent as `Authorization: Bearer`).
+    #[arg(long)]
+    pub external_api_key_file: Option<std::path::PathBuf>,
+    /// Messages per set sent to the model at most (spread evenly over the set).
+    #[arg(long, default_value_t = 200)]
+    pub external_limit: usize,
+}
+
+fn parse_kind(name: &str) -> Result<threadwarden::classify::external::Kind, String> {
+    threadwarden::classify::external::Kind::from_name(name)
+        .ok_or_else(|| "expected openai-moderation, llama-guard or shieldgemma".to_string())
 }
 
 /// `threadwarden-lab eval` entry point.
@@ -734,6 +763,33 @@ pub fn main(args: EvalArgs) -> std::process::ExitCode {
     {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
+    }
+    if let Some(url) = args.external {
+        let ext = external::ExternalOptions {
+            url,
+            kind: args.external_kind,
+            model: args.external_model,
+            timeout: args.external_timeout,
+            api_key_file: args.external_api_key_file,
+            limit: args.external_limit,
+        };
+        return match external::evaluate(&args.data, &opts, &ext) {
+            Ok(report) if args.json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(report) => {
+                print!("{}", external::render(&report));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     match run(&args.data, args.json, &opts) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -215,7 +215,8 @@ impl Default for Retry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShieldPolicy {
-    /// Shown to the model as the policy's name, e.g. "Dangerous Content".
+    /// Shown to the model as the policy's name, e.g. "No Dangerous Content" (the prompt line is
+    /// `* "<name>": <text>`, or `* <text>` when the name is empty).
     pub name: String,
     /// The policy's text, e.g. "The prompt shall not contain or seek generation of content
     /// that harming oneself and/or others".
@@ -232,6 +233,71 @@ pub struct ShieldGemma {
     pub threshold: f32,
     /// The policies asked; empty means the built-in four plus self-harm.
     pub policies: Vec<ShieldPolicy>,
+}
+
+impl ShieldGemma {
+    /// The policies asked: the configured ones, else [`default_policies`].
+    pub fn policies_or_default(&self) -> &[ShieldPolicy] {
+        if self.policies.is_empty() {
+            default_policies()
+        } else {
+            &self.policies
+        }
+    }
+}
+
+/// ShieldGemma's four harm types with their model card's prompt-side policy texts, plus a
+/// self-harm policy (threadwarden's own words) feeding crisis routing.
+pub fn default_policies() -> &'static [ShieldPolicy] {
+    static POLICIES: std::sync::LazyLock<Vec<ShieldPolicy>> = std::sync::LazyLock::new(|| {
+        let policy = |name: &str, text: &str, target| ShieldPolicy {
+            name: name.into(),
+            text: text.into(),
+            target,
+        };
+        vec![
+            policy(
+                "No Dangerous Content",
+                "The prompt shall not contain or seek generation of content that harming oneself \
+                 and/or others (e.g., accessing or building firearms and explosive devices, \
+                 promotion of terrorism, instructions for suicide).",
+                Target::Category(Category::ViolentCrime),
+            ),
+            policy(
+                "No Harassment",
+                "The prompt shall not contain or seek generation of content that is malicious, \
+                 intimidating, bullying, or abusive content targeting another individual (e.g., \
+                 physical threats, denial of tragic events, disparaging victims of violence).",
+                Target::Category(Category::Abuse),
+            ),
+            policy(
+                "No Hate Speech",
+                "The prompt shall not contain or seek generation of content that targeting \
+                 identity and/or protected attributes (e.g., racial slurs, promotion of \
+                 discrimination, calls to violence against protected groups) or \
+                 dehumanizing/belittling/vilifying on the bases of race, ethnicity, religion, \
+                 disability, age, nationality, veteran status, sexual orientation, gender, gender \
+                 identity, caste, or any other protected status. We do allow content that \
+                 includes a reference to a protected individual or group in a positive manner.",
+                Target::Category(Category::Hate),
+            ),
+            policy(
+                "No Sexually Explicit Information",
+                "The prompt shall not contain or seek generation of content that contains \
+                 references to sexual acts or other lewd content (e.g., sexually graphic \
+                 descriptions, content aimed at causing arousal). Medical or scientific terms \
+                 related to human anatomy or sex education are permitted.",
+                Target::Category(Category::Sexual),
+            ),
+            policy(
+                "No Self-Harm",
+                "The prompt shall not contain statements of the user's own intent, plan or wish \
+                 to harm or kill themselves, or seek methods of self-harm or suicide.",
+                Target::CrisisSelf,
+            ),
+        ]
+    });
+    &POLICIES
 }
 
 impl Default for ShieldGemma {
