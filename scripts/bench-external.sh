@@ -40,16 +40,16 @@ for run in $(seq 1 "$RUNS"); do
     printf '\n==> round %s of %s\n' "$run" "$RUNS" >&2
     "$OUT/threadwarden-bench" loadgen --server-bin "$OUT/threadwarden" --runs 1 \
         --duration "$DURATION" --warmup "$WARMUP" --scenarios pipelined,streams,latency \
-        "${EXT[@]}" --sidecar-arg=--external-when=never --json >"$OUT/never-$run.json"
+        "${EXT[@]}" --sidecar-arg=--external-when=never --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/never-$run.json"
     before=$(calls)
     "$OUT/threadwarden-bench" loadgen --server-bin "$OUT/threadwarden" --runs 1 \
         --duration "$DURATION" --warmup "$WARMUP" --scenarios pipelined \
-        "${EXT[@]}" --sidecar-arg=--external-when=uncertain --json >"$OUT/uncertain-$run.json"
+        "${EXT[@]}" --sidecar-arg=--external-when=uncertain --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/uncertain-$run.json"
     echo "$(( $(calls) - before ))" >"$OUT/uncertain-$run.calls"
     before=$(calls)
     "$OUT/threadwarden-bench" loadgen --server-bin "$OUT/threadwarden" --runs 1 \
         --duration "$DURATION" --warmup "$WARMUP" --scenarios pipelined \
-        "${EXT[@]}" --sidecar-arg=--external-when=always --json >"$OUT/always-$run.json"
+        "${EXT[@]}" --sidecar-arg=--external-when=always --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/always-$run.json"
     echo "$(( $(calls) - before ))" >"$OUT/always-$run.calls"
 done
 

@@ -87,6 +87,48 @@ fn a_bad_state_backend_exits_64_and_never_prints_its_password() {
 }
 
 #[test]
+fn bad_external_flags_exit_64_before_serving() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--external-url", "ftp://h"], "classify.external.url"),
+        (
+            &[
+                "--external-kind",
+                "llama-guard",
+                "--external-url",
+                "http://127.0.0.1:9",
+            ],
+            "classify.external.model: required for kind llama-guard",
+        ),
+        (
+            &[
+                "--external-url",
+                "http://127.0.0.1:9",
+                "--external-api-key-file",
+                "/no/such/key",
+            ],
+            "/no/such/key",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("\"serving\""));
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--external-when", "sometimes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected always, uncertain or never"));
+}
+
+#[test]
 fn policy_validate_reports_ok_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");

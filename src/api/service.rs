@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use atomic_waker::AtomicWaker;
 use futures_util::stream::FuturesOrdered;
@@ -394,19 +394,25 @@ struct Moderation {
     drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     shared: Arc<StreamShared>,
     done: bool,
-    /// With a shared state backend: the events being decided, answered in request order, and
-    /// the threads each touches (same order).
+    /// With a shared state backend or an external tier: the events being decided, answered
+    /// in request order, and the threads each touches with its sequence number (same order).
     in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = pb::ModerateResponse> + Send>>>,
-    in_flight_threads: VecDeque<[Option<ThreadKey>; 2]>,
-    /// A request whose thread has an event in flight: started once that one is answered, so
-    /// that one thread's events are decided in order.
-    held: Option<pb::ModerateRequest>,
+    in_flight_threads: VecDeque<(u64, [Option<ThreadKey>; 2])>,
+    /// Per thread with an event in flight: the latest such event (its sequence number) and a
+    /// future that resolves when it is decided. The thread's next event waits on it, so one
+    /// thread's events are decided in order while other threads' go ahead.
+    thread_tails: HashMap<ThreadKey, (u64, Settled)>,
+    /// Sequence number of the next event started on this stream.
+    next_seq: u64,
     /// The inbound half ended (cleanly, or with this status): finish once all is answered.
     ended: Option<Option<Status>>,
     /// With an external tier that takes context: each thread's latest assistant turn on this
     /// stream, sent with the thread's next user message, then dropped.
     contexts: Contexts,
 }
+
+/// Resolves once an event is decided (its sender is dropped then, or if it is cancelled).
+type Settled = futures_util::future::Shared<tokio::sync::oneshot::Receiver<()>>;
 
 /// Threads whose latest assistant turn a stream holds at most (beyond, the oldest go).
 const CONTEXT_THREADS: usize = 256;
@@ -415,7 +421,7 @@ const CONTEXT_THREADS: usize = 256;
 /// message and never stored (threadwarden keeps no text).
 #[derive(Default)]
 struct Contexts {
-    texts: std::collections::HashMap<ThreadKey, String>,
+    texts: HashMap<ThreadKey, String>,
     order: VecDeque<ThreadKey>,
 }
 
@@ -510,20 +516,14 @@ impl Moderation {
     /// events decided at once, one thread's events one after another, answers in request
     /// order. An event that needs no round trip is decided on its first poll.
     fn poll_async(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
-        loop {
-            if let Some(req) = self.held.take() {
-                self.start_or_hold(req);
-            }
+        {
             let waker = self.inbound_waker.clone();
             let mut inbound_cx = Context::from_waker(&waker);
-            while self.held.is_none()
-                && self.ended.is_none()
-                && self.in_flight.len() < STREAM_IN_FLIGHT
-            {
+            while self.ended.is_none() && self.in_flight.len() < STREAM_IN_FLIGHT {
                 match Pin::new(&mut self.inbound).poll_next(&mut inbound_cx) {
                     Poll::Ready(Some(Ok(req))) => {
                         self.drain_timer = None;
-                        self.start_or_hold(req);
+                        self.start(req);
                     }
                     // A transport or decode error ends the call after the answers owed.
                     Poll::Ready(Some(Err(status))) => self.ended = Some(Some(status)),
@@ -533,34 +533,41 @@ impl Moderation {
             }
             match Pin::new(&mut self.in_flight).poll_next(cx) {
                 Poll::Ready(Some(answer)) => {
-                    self.in_flight_threads.pop_front();
+                    if let Some((seq, threads)) = self.in_flight_threads.pop_front() {
+                        for key in threads.iter().flatten() {
+                            if self.thread_tails.get(key).is_some_and(|(s, _)| *s == seq) {
+                                self.thread_tails.remove(key);
+                            }
+                        }
+                    }
                     self.shared.mark_pending_work();
-                    return Poll::Ready(Some(Ok(answer)));
+                    Poll::Ready(Some(Ok(answer)))
                 }
-                Poll::Ready(None) if self.held.is_some() => continue,
                 Poll::Ready(None) => {
                     return match self.ended.take() {
                         Some(last) => self.finish(last),
                         None => self.poll_drain(cx),
                     };
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => Poll::Pending,
             }
         }
     }
 
-    /// Starts deciding `req`, or holds it while an event of its thread is in flight.
-    fn start_or_hold(&mut self, req: pb::ModerateRequest) {
+    /// Starts deciding `req`: at once, or once the events in flight on its threads (its own,
+    /// a fork's parent) are decided.
+    fn start(&mut self, req: pb::ModerateRequest) {
+        use futures_util::FutureExt;
         let threads = threads_of(&req);
-        let busy = self
-            .in_flight_threads
-            .iter()
-            .flatten()
-            .flatten()
-            .any(|k| threads.iter().flatten().any(|t| t == k));
-        if busy {
-            self.held = Some(req);
-            return;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let (decided, rx) = tokio::sync::oneshot::channel::<()>();
+        let rx = rx.shared();
+        let mut waits = Vec::new();
+        for key in threads.iter().flatten() {
+            if let Some((_, before)) = self.thread_tails.insert(*key, (seq, rx.clone())) {
+                waits.push(before);
+            }
         }
         let policy = self.engine.policy();
         let external = &policy.classify.external;
@@ -569,14 +576,23 @@ impl Moderation {
         } else {
             None
         };
-        self.in_flight_threads.push_back(threads);
-        self.in_flight.push_back(Box::pin(respond_async(
+        self.in_flight_threads.push_back((seq, threads));
+        let respond = respond_async(
             self.engine.clone(),
             req,
             self.call.clone(),
             self.principal.clone(),
             context,
-        )));
+        );
+        self.in_flight.push_back(Box::pin(async move {
+            for before in waits {
+                // Ok or cancelled: either way that event is no longer being decided.
+                let _ = before.await;
+            }
+            let answer = respond.await;
+            drop(decided);
+            answer
+        }));
     }
 }
 
@@ -599,7 +615,7 @@ impl Stream for Moderation {
         this.shared.inbound_waker.register(cx.waker());
         // Events in flight keep the ordered path until answered, even if a reload turned the
         // external tier off meanwhile.
-        if this.engine.is_async() || !this.in_flight.is_empty() || this.held.is_some() {
+        if this.engine.is_async() || !this.in_flight.is_empty() {
             return this.poll_async(cx);
         }
         let mut inbound_cx = Context::from_waker(&this.inbound_waker);
@@ -673,7 +689,8 @@ impl ModerationService for ModerationApi {
             done: false,
             in_flight: FuturesOrdered::new(),
             in_flight_threads: VecDeque::new(),
-            held: None,
+            thread_tails: HashMap::new(),
+            next_seq: 0,
             ended: None,
             contexts: Contexts::default(),
         })))

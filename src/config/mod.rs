@@ -32,6 +32,10 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// The external tier, with the command line's `--external-*` settings laid over the
+    /// file's, is invalid.
+    #[error("{field}: {message} (with the --external-* flags)")]
+    Flags { field: String, message: String },
     /// The YAML parsed but a value is out of range.
     #[error("{origin}:{line}: {field}: {message}")]
     Invalid {
@@ -119,12 +123,7 @@ pub fn with_overrides(policy: &mut Policy, overrides: &Overrides) -> Result<(), 
         .classify
         .external
         .validate()
-        .map_err(|(field, message)| ConfigError::Invalid {
-            origin: "command line".into(),
-            line: 0,
-            field,
-            message,
-        })
+        .map_err(|(field, message)| ConfigError::Flags { field, message })
 }
 
 /// Reloads the policy file on SIGHUP, or when its modification time changes.
