@@ -42,6 +42,8 @@ enum Mode {
 struct Fake {
     mode: Mutex<Mode>,
     calls: AtomicUsize,
+    /// When each request arrived, with its text.
+    arrivals: Mutex<Vec<(Instant, String)>>,
     /// Every request's path, Authorization header and body.
     seen: Mutex<Vec<(String, Option<String>, Value)>>,
 }
@@ -51,6 +53,7 @@ async fn fake(mode: Mode) -> (Arc<Fake>, String) {
     let state = Arc::new(Fake {
         mode: Mutex::new(mode),
         calls: AtomicUsize::new(0),
+        arrivals: Mutex::new(Vec::new()),
         seen: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
@@ -73,6 +76,10 @@ async fn admit(
     text: &str,
 ) -> Result<(), Response> {
     let n = fake.calls.fetch_add(1, Ordering::SeqCst);
+    fake.arrivals
+        .lock()
+        .unwrap()
+        .push((Instant::now(), text.to_string()));
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -704,4 +711,47 @@ async fn a_thousand_events_over_a_hundred_threads_stay_in_order() {
     }
     server.shutdown().await;
     off.shutdown().await;
+}
+
+/// A slow call holds back its own thread's next event, and nothing else: the other threads'
+/// events are sent at once, beyond `STREAM_IN_FLIGHT` too (decided events waiting for their
+/// turn to be answered do not count against it).
+#[tokio::test]
+async fn a_slow_thread_holds_back_only_itself() {
+    let (fake, url) = fake(Mode::Judge).await;
+    let (server, _m, _dir) = sidecar(
+        Kind::LlamaGuard,
+        &url,
+        When::Always,
+        Duration::from_secs(5),
+        POLICY,
+    )
+    .await;
+    let mut events = vec![
+        user("slow", "a", "first [delay=800]"),
+        user("after-slow", "a", "second on a"),
+    ];
+    for i in 0..60 {
+        events.push(user(format!("o{i}"), &format!("b{i}"), "other thread"));
+    }
+    let started = Instant::now();
+    let (v, _) = exchange(&server, events).await;
+    assert_eq!(v.len(), 62);
+    let arrivals = fake.arrivals.lock().unwrap().clone();
+    let at = |text: &str| {
+        arrivals
+            .iter()
+            .filter(|(_, t)| t == text)
+            .map(|(i, _)| i.duration_since(started))
+            .collect::<Vec<_>>()
+    };
+    let others = at("other thread");
+    assert_eq!(others.len(), 60);
+    assert!(
+        others.iter().all(|d| *d < Duration::from_millis(600)),
+        "other threads waited for the slow one: {others:?}"
+    );
+    let second = at("second on a");
+    assert!(second[0] >= Duration::from_millis(750), "{second:?}");
+    server.shutdown().await;
 }

@@ -36,7 +36,10 @@ async fn answer(
     body: &'static str,
 ) -> ([(&'static str, &'static str); 1], &'static str) {
     fake.calls.fetch_add(1, Ordering::Relaxed);
-    tokio::time::sleep(fake.delay).await;
+    // A thread's sleep keeps to the delay within tens of µs; tokio's timer rounds up to its
+    // next 1 ms tick, which would make a 5 ms fake answer in up to 6 ms.
+    let delay = fake.delay;
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
     ([("content-type", "application/json")], body)
 }
 

@@ -404,6 +404,8 @@ struct Moderation {
     thread_tails: HashMap<ThreadKey, (u64, Settled)>,
     /// Sequence number of the next event started on this stream.
     next_seq: u64,
+    /// Events started and not yet decided (answers waiting for their turn excluded).
+    unsettled: Arc<AtomicUsize>,
     /// The inbound half ended (cleanly, or with this status): finish once all is answered.
     ended: Option<Option<Status>>,
     /// With an external tier that takes context: each thread's latest assistant turn on this
@@ -454,9 +456,29 @@ impl Contexts {
     }
 }
 
-/// Events of one `Moderate` stream decided at once against the shared state backend (each
-/// waits on a Redis round trip; different threads' trips overlap).
+/// Events of one `Moderate` stream being decided at once with a shared state backend or an
+/// external tier (each may wait on a round trip; different threads' trips overlap).
 pub const STREAM_IN_FLIGHT: usize = 32;
+
+/// Events of one stream started and not yet answered at most: those being decided, and decided
+/// ones waiting behind an earlier, slower one for their turn to be answered.
+pub const STREAM_WINDOW: usize = 4 * STREAM_IN_FLIGHT;
+
+/// One event counted in its stream's `unsettled` until dropped (decided, or cancelled).
+struct Unsettled(Arc<AtomicUsize>);
+
+impl Unsettled {
+    fn count(counter: &Arc<AtomicUsize>) -> Unsettled {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Unsettled(counter.clone())
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The threads an event touches: its own, and a fork's parent.
 fn threads_of(req: &pb::ModerateRequest) -> [Option<ThreadKey>; 2] {
@@ -516,21 +538,8 @@ impl Moderation {
     /// events decided at once, one thread's events one after another, answers in request
     /// order. An event that needs no round trip is decided on its first poll.
     fn poll_async(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
-        {
-            let waker = self.inbound_waker.clone();
-            let mut inbound_cx = Context::from_waker(&waker);
-            while self.ended.is_none() && self.in_flight.len() < STREAM_IN_FLIGHT {
-                match Pin::new(&mut self.inbound).poll_next(&mut inbound_cx) {
-                    Poll::Ready(Some(Ok(req))) => {
-                        self.drain_timer = None;
-                        self.start(req);
-                    }
-                    // A transport or decode error ends the call after the answers owed.
-                    Poll::Ready(Some(Err(status))) => self.ended = Some(Some(status)),
-                    Poll::Ready(None) => self.ended = Some(None),
-                    Poll::Pending => break,
-                }
-            }
+        loop {
+            let capped = self.take_input();
             match Pin::new(&mut self.in_flight).poll_next(cx) {
                 Poll::Ready(Some(answer)) => {
                     if let Some((seq, threads)) = self.in_flight_threads.pop_front() {
@@ -541,7 +550,7 @@ impl Moderation {
                         }
                     }
                     self.shared.mark_pending_work();
-                    Poll::Ready(Some(Ok(answer)))
+                    return Poll::Ready(Some(Ok(answer)));
                 }
                 Poll::Ready(None) => {
                     return match self.ended.take() {
@@ -549,9 +558,41 @@ impl Moderation {
                         None => self.poll_drain(cx),
                     };
                 }
-                Poll::Pending => Poll::Pending,
+                // Events decided out of turn freed room under the cap: read on.
+                Poll::Pending if capped && self.has_room() => continue,
+                Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// Whether another event may start: fewer than `STREAM_IN_FLIGHT` being decided and fewer
+    /// than `STREAM_WINDOW` unanswered.
+    fn has_room(&self) -> bool {
+        self.unsettled.load(Ordering::Relaxed) < STREAM_IN_FLIGHT
+            && self.in_flight.len() < STREAM_WINDOW
+    }
+
+    /// Starts the requests waiting in the inbound half while there is room; true if it stopped
+    /// for want of room (not of input).
+    fn take_input(&mut self) -> bool {
+        let waker = self.inbound_waker.clone();
+        let mut inbound_cx = Context::from_waker(&waker);
+        while self.ended.is_none() {
+            if !self.has_room() {
+                return true;
+            }
+            match Pin::new(&mut self.inbound).poll_next(&mut inbound_cx) {
+                Poll::Ready(Some(Ok(req))) => {
+                    self.drain_timer = None;
+                    self.start(req);
+                }
+                // A transport or decode error ends the call after the answers owed.
+                Poll::Ready(Some(Err(status))) => self.ended = Some(Some(status)),
+                Poll::Ready(None) => self.ended = Some(None),
+                Poll::Pending => return false,
+            }
+        }
+        false
     }
 
     /// Starts deciding `req`: at once, or once the events in flight on its threads (its own,
@@ -584,13 +625,14 @@ impl Moderation {
             self.principal.clone(),
             context,
         );
+        let unsettled = Unsettled::count(&self.unsettled);
         self.in_flight.push_back(Box::pin(async move {
             for before in waits {
                 // Ok or cancelled: either way that event is no longer being decided.
                 let _ = before.await;
             }
             let answer = respond.await;
-            drop(decided);
+            drop((decided, unsettled));
             answer
         }));
     }
@@ -691,6 +733,7 @@ impl ModerationService for ModerationApi {
             in_flight_threads: VecDeque::new(),
             thread_tails: HashMap::new(),
             next_seq: 0,
+            unsettled: Arc::new(AtomicUsize::new(0)),
             ended: None,
             contexts: Contexts::default(),
         })))
