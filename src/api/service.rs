@@ -464,6 +464,16 @@ pub const STREAM_IN_FLIGHT: usize = 32;
 /// ones waiting behind an earlier, slower one for their turn to be answered.
 pub const STREAM_WINDOW: usize = 4 * STREAM_IN_FLIGHT;
 
+/// Where reading a stream's input stopped.
+enum Intake {
+    /// An event decided at once with nothing ahead of it: its answer, to send now.
+    Answer(pb::ModerateResponse),
+    /// No room for more events in flight.
+    Capped,
+    /// No input waiting (or the input ended).
+    Waiting,
+}
+
 /// One event counted in its stream's `unsettled` until dropped (decided, or cancelled).
 struct Unsettled(Arc<AtomicUsize>);
 
@@ -539,7 +549,14 @@ impl Moderation {
     /// order. An event that needs no round trip is decided on its first poll.
     fn poll_async(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
         loop {
-            let capped = self.take_input();
+            let capped = match self.take_input(cx) {
+                Intake::Answer(answer) => {
+                    self.shared.mark_pending_work();
+                    return Poll::Ready(Some(Ok(answer)));
+                }
+                Intake::Capped => true,
+                Intake::Waiting => false,
+            };
             match Pin::new(&mut self.in_flight).poll_next(cx) {
                 Poll::Ready(Some(answer)) => {
                     if let Some((seq, threads)) = self.in_flight_threads.pop_front() {
@@ -572,34 +589,70 @@ impl Moderation {
             && self.in_flight.len() < STREAM_WINDOW
     }
 
-    /// Starts the requests waiting in the inbound half while there is room; true if it stopped
-    /// for want of room (not of input).
-    fn take_input(&mut self) -> bool {
+    /// Starts the requests waiting in the inbound half while there is room.
+    fn take_input(&mut self, cx: &mut Context<'_>) -> Intake {
         let waker = self.inbound_waker.clone();
         let mut inbound_cx = Context::from_waker(&waker);
         while self.ended.is_none() {
             if !self.has_room() {
-                return true;
+                return Intake::Capped;
             }
             match Pin::new(&mut self.inbound).poll_next(&mut inbound_cx) {
                 Poll::Ready(Some(Ok(req))) => {
                     self.drain_timer = None;
-                    self.start(req);
+                    if let Some(answer) = self.start(req, cx) {
+                        return Intake::Answer(answer);
+                    }
                 }
                 // A transport or decode error ends the call after the answers owed.
                 Poll::Ready(Some(Err(status))) => self.ended = Some(Some(status)),
                 Poll::Ready(None) => self.ended = Some(None),
-                Poll::Pending => return false,
+                Poll::Pending => return Intake::Waiting,
             }
         }
-        false
+        Intake::Waiting
     }
 
     /// Starts deciding `req`: at once, or once the events in flight on its threads (its own,
-    /// a fork's parent) are decided.
-    fn start(&mut self, req: pb::ModerateRequest) {
+    /// a fork's parent) are decided. An event on no busy thread is polled once here: most need
+    /// no round trip and are decided on that poll, and if nothing is ahead of it its answer is
+    /// returned for the stream to send at once, with no bookkeeping.
+    fn start(
+        &mut self,
+        req: pb::ModerateRequest,
+        cx: &mut Context<'_>,
+    ) -> Option<pb::ModerateResponse> {
         use futures_util::FutureExt;
         let threads = threads_of(&req);
+        let busy = threads
+            .iter()
+            .flatten()
+            .any(|k| self.thread_tails.contains_key(k));
+        let policy = self.engine.policy();
+        let external = &policy.classify.external;
+        let context = if external.enabled() && external.context {
+            self.contexts.exchange(&req, external.max_chars)
+        } else {
+            None
+        };
+        let mut respond = Box::pin(respond_async(
+            self.engine.clone(),
+            req,
+            self.call.clone(),
+            self.principal.clone(),
+            context,
+        ));
+        if !busy {
+            if let Poll::Ready(answer) = respond.as_mut().poll(cx) {
+                if self.in_flight.is_empty() {
+                    return Some(answer);
+                }
+                self.in_flight_threads.push_back((u64::MAX, [None, None]));
+                self.in_flight
+                    .push_back(Box::pin(std::future::ready(answer)));
+                return None;
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let (decided, rx) = tokio::sync::oneshot::channel::<()>();
@@ -610,21 +663,7 @@ impl Moderation {
                 waits.push(before);
             }
         }
-        let policy = self.engine.policy();
-        let external = &policy.classify.external;
-        let context = if external.enabled() && external.context {
-            self.contexts.exchange(&req, external.max_chars)
-        } else {
-            None
-        };
         self.in_flight_threads.push_back((seq, threads));
-        let respond = respond_async(
-            self.engine.clone(),
-            req,
-            self.call.clone(),
-            self.principal.clone(),
-            context,
-        );
         let unsettled = Unsettled::count(&self.unsettled);
         self.in_flight.push_back(Box::pin(async move {
             for before in waits {
@@ -635,6 +674,7 @@ impl Moderation {
             drop((decided, unsettled));
             answer
         }));
+        None
     }
 }
 
