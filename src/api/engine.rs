@@ -354,6 +354,10 @@ impl Engine {
         let metrics = &self.sinks.metrics.external;
         prep.external = pb::ExternalStatus::Skipped;
         let mut ask = cascade::ask(config, &prep.scores);
+        if ask == Ask::No {
+            metrics.skipped();
+            return;
+        }
         // The thread as this replica knows it: a replay is never sent (it must change
         // nothing), and `uncertain` looks at crisis suspicion and at one step from END.
         let (id, scores) = (prep.event.id, &prep.scores);
