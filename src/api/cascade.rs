@@ -11,7 +11,8 @@
 //! - where only the external model flags it, the score is raised to the model's score, and
 //!   at least to the category's threshold;
 //! - where only the built-in tiers flag it, the score is lowered below the threshold (the
-//!   external model is the stronger judge in the band it is asked about);
+//!   external model is the stronger judge in the band it is asked about), except in a crisis
+//!   category (self-harm, harm to others), which routes to crisis support and only rises;
 //! - where they disagree on a crisis, the crisis signals only rise (the maximum of both): no
 //!   answer clears a crisis;
 //! - on a message that would END the thread (`policy::would_end`) with `confirm_end` on, the
@@ -20,7 +21,7 @@
 
 use crate::classify::external::{ExternalConfig, Judgement, When};
 use crate::domain::{Category, Scores};
-use crate::policy::{self, Policy};
+use crate::policy::{self, Policy, Tier};
 
 /// Why a user message is (or is not) sent to the external tier, from its scores alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +120,9 @@ pub fn merge(
         let score = &mut scores.categories[c.index()];
         if theirs && !ours {
             *score = judgement.scores[c.index()].max(threshold).clamp(0.0, 1.0);
-        } else if ours && !theirs {
+        } else if ours && !theirs && policy.category(c).tier != Tier::Crisis {
+            // A crisis category (self-harm, harm to others) routes to crisis support: no answer
+            // lowers it, as no answer clears a crisis signal.
             *score = judgement.scores[c.index()].min(below(threshold));
         }
     }
@@ -258,6 +261,15 @@ mod tests {
     }
 
     #[test]
+    fn no_answer_lowers_a_crisis_category() {
+        let p = Policy::default();
+        let tier1 = harm(Category::SelfHarm, 0.9);
+        let m = merge(&p, &config(), &tier1, &Judgement::default(), false);
+        assert!(!m.agreed);
+        assert_eq!(m.scores.get(Category::SelfHarm), 0.9);
+    }
+
+    #[test]
     fn confirm_end_vetoes_or_confirms() {
         let p = Policy::default();
         let tier1 = harm(Category::IndiscriminateWeapons, 0.95);
@@ -349,8 +361,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// No external answer, nor its absence, ENDs a thread in crisis or crisis suspicion; and
-        /// an agreeing answer leaves the thread exactly as the built-in tiers would.
+        /// No external answer, nor its absence, ENDs a thread in crisis or crisis suspicion, or
+        /// takes away a crisis the built-in tiers saw; and an agreeing answer leaves the thread
+        /// exactly as the built-in tiers would.
         #[test]
         fn no_answer_ends_a_thread_at_risk(
             turns in prop::collection::vec((tier1(), judgement(), any::<bool>()), 1..60),
@@ -371,7 +384,17 @@ mod tests {
                     None => (*scores, true),
                 };
                 let before = state.clone();
+                // What the built-in tiers alone would make of this turn on this thread.
+                let mut alone = state.clone();
+                decide(&p, &mut alone, &e, scores, 0);
                 let v = decide(&p, &mut state, &e, &merged, 0);
+                // No answer takes away a crisis (or a suspicion) the built-in tiers saw.
+                if alone.crisis_kind().is_some() {
+                    prop_assert!(state.crisis_kind().is_some(), "{:?} {:?}", scores, judgement);
+                }
+                if alone.crisis_suspected() {
+                    prop_assert!(state.crisis_suspected());
+                }
                 let v_off = decide(&p, &mut off, &e, scores, 0);
                 let at_risk = before.crisis_kind().is_some()
                     || before.crisis_suspected()
