@@ -222,6 +222,12 @@ async fn sidecar(
 
 const POLICY: &str = "version: external-test\n";
 
+/// A sidecar asking a Llama Guard at `url` with the default knobs (a 5 s timeout: no test here
+/// is about time).
+async fn guard(url: &str, when: When) -> (TestServer, Arc<Metrics>, tempfile::TempDir) {
+    sidecar(Kind::LlamaGuard, url, when, Duration::from_secs(5), POLICY).await
+}
+
 /// Sends `events` on one stream and reads one answer each: in order, by event id. Returns the
 /// verdicts and the time the whole batch took.
 async fn exchange(
@@ -279,14 +285,7 @@ fn with_signal(
 #[tokio::test]
 async fn llama_guard_answers_merge_into_the_verdicts() {
     let (fake, url) = fake(Mode::Judge).await;
-    let (server, metrics, _dir) = sidecar(
-        Kind::LlamaGuard,
-        &url,
-        When::Always,
-        Duration::from_secs(2),
-        POLICY,
-    )
-    .await;
+    let (server, metrics, _dir) = guard(&url, When::Always).await;
     let events = vec![
         user("e1", "t1", "what is the weather like in Lisbon"),
         // The model flags what the built-in tiers did not.
@@ -386,14 +385,7 @@ async fn moderation_self_harm_intent_routes_to_crisis_with_the_key() {
 #[tokio::test]
 async fn an_end_waits_for_the_model_to_confirm_it() {
     let (fake, url) = fake(Mode::Judge).await;
-    let (server, metrics, _dir) = sidecar(
-        Kind::LlamaGuard,
-        &url,
-        When::Uncertain,
-        Duration::from_secs(2),
-        POLICY,
-    )
-    .await;
+    let (server, metrics, _dir) = guard(&url, When::Uncertain).await;
     let severe = |id: &str, text: &str| {
         with_signal(
             user(id, "t1", text),
@@ -472,6 +464,12 @@ async fn fault(url: &str, timeout: Duration, status: pb::ExternalStatus, cause: 
     server.shutdown().await;
 }
 
+/// `fault` against the fake answering in `mode`, with a 2 s timeout.
+async fn answering(mode: Mode, status: pb::ExternalStatus, cause: &str) {
+    let (_fake, url) = fake(mode).await;
+    fault(&url, Duration::from_secs(2), status, cause).await;
+}
+
 #[tokio::test]
 async fn a_slow_server_times_out() {
     let (_fake, url) = fake(Mode::Judge).await;
@@ -486,11 +484,8 @@ async fn a_slow_server_times_out() {
 
 #[tokio::test]
 async fn http_500_is_counted_and_the_built_in_tiers_decide() {
-    let (_fake, url) = fake(Mode::Status(500)).await;
-    let breaker_wide = Duration::from_millis(2000);
-    fault(
-        &url,
-        breaker_wide,
+    answering(
+        Mode::Status(500),
         pb::ExternalStatus::HttpError,
         "http_status",
     )
@@ -499,10 +494,8 @@ async fn http_500_is_counted_and_the_built_in_tiers_decide() {
 
 #[tokio::test]
 async fn http_429_is_counted_and_the_built_in_tiers_decide() {
-    let (_fake, url) = fake(Mode::Status(429)).await;
-    fault(
-        &url,
-        Duration::from_millis(2000),
+    answering(
+        Mode::Status(429),
         pb::ExternalStatus::HttpError,
         "http_status",
     )
@@ -511,14 +504,7 @@ async fn http_429_is_counted_and_the_built_in_tiers_decide() {
 
 #[tokio::test]
 async fn malformed_json_is_a_parse_error() {
-    let (_fake, url) = fake(Mode::Malformed).await;
-    fault(
-        &url,
-        Duration::from_millis(2000),
-        pb::ExternalStatus::ParseError,
-        "parse",
-    )
-    .await;
+    answering(Mode::Malformed, pb::ExternalStatus::ParseError, "parse").await;
 }
 
 #[tokio::test]
@@ -616,14 +602,7 @@ async fn the_breaker_opens_and_recovers() {
 #[tokio::test]
 async fn configured_but_never_asked_changes_nothing() {
     let (fake, url) = fake(Mode::Judge).await;
-    let (server, _m, _dir) = sidecar(
-        Kind::LlamaGuard,
-        &url,
-        When::Never,
-        Duration::from_secs(2),
-        POLICY,
-    )
-    .await;
+    let (server, _m, _dir) = guard(&url, When::Never).await;
     let (v, _) = exchange(&server, vec![user("e1", "t1", "a question [S9]")]).await;
     assert_eq!(external(&v[0]), pb::ExternalStatus::Skipped);
     assert_eq!(action(&v[0]), pb::Action::Continue);
@@ -637,14 +616,7 @@ async fn configured_but_never_asked_changes_nothing() {
 #[tokio::test]
 async fn a_thousand_events_over_a_hundred_threads_stay_in_order() {
     let (_fake, url) = fake(Mode::Judge).await;
-    let (server, _m, _dir) = sidecar(
-        Kind::LlamaGuard,
-        &url,
-        When::Always,
-        Duration::from_secs(5),
-        POLICY,
-    )
-    .await;
+    let (server, _m, _dir) = guard(&url, When::Always).await;
     let off = start().await;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -719,14 +691,7 @@ async fn a_thousand_events_over_a_hundred_threads_stay_in_order() {
 #[tokio::test]
 async fn a_slow_thread_holds_back_only_itself() {
     let (fake, url) = fake(Mode::Judge).await;
-    let (server, _m, _dir) = sidecar(
-        Kind::LlamaGuard,
-        &url,
-        When::Always,
-        Duration::from_secs(5),
-        POLICY,
-    )
-    .await;
+    let (server, _m, _dir) = guard(&url, When::Always).await;
     let mut events = vec![
         user("slow", "a", "first [delay=800]"),
         user("after-slow", "a", "second on a"),
