@@ -142,7 +142,7 @@ export interface Verdict {
   endDeniedDetail: string;
   /** Decided from the sidecar's local copy because the shared state store did not answer. */
   degraded: boolean;
-  /** The classifier tiers this verdict was decided on (empty without text, and for replays). */
+  /** The classifier tiers this verdict was decided on (empty for events without text). */
   tiers: ClassifierTier[];
   /** What the external guard model did on this event. */
   external: ExternalStatus;
