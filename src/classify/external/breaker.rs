@@ -22,7 +22,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::Failure;
 use super::config::Breaker;
-use super::transport::{Fail, failure_of};
+use super::fail::{Fail, failure_of};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::BreakerState;
 

@@ -20,6 +20,7 @@
 
 mod breaker;
 mod config;
+mod fail;
 mod guard;
 mod openai;
 mod shieldgemma;

@@ -4,7 +4,6 @@
 //!
 //! Errors carry a cause and nothing else: never the URL's credentials, the key or any text.
 
-use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +25,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 use super::Failure;
 use super::breaker::BreakerLayer;
+pub(super) use super::fail::{Fail, failure_of};
 
 /// The pooled client every call shares.
 pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -60,46 +60,6 @@ pub(super) struct Post {
     /// `Bearer <key>`, marked sensitive.
     pub auth: Option<HeaderValue>,
     pub body: Bytes,
-}
-
-/// A failure inside the stack; `connect` marks one that never reached the server (retried).
-#[derive(Debug)]
-pub(super) struct Fail {
-    pub failure: Failure,
-    pub connect: bool,
-}
-
-impl Fail {
-    pub(super) fn new(failure: Failure) -> Fail {
-        Fail {
-            failure,
-            connect: false,
-        }
-    }
-}
-
-impl fmt::Display for Fail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.failure {
-            Failure::Status(code) => write!(f, "external classifier answered HTTP {code}"),
-            other => write!(f, "external classifier call failed: {}", other.cause()),
-        }
-    }
-}
-
-impl std::error::Error for Fail {}
-
-/// The failure a layer's error stands for.
-pub(super) fn failure_of(error: &BoxError) -> Failure {
-    if let Some(fail) = error.downcast_ref::<Fail>() {
-        fail.failure
-    } else if error.is::<tower::timeout::error::Elapsed>() {
-        Failure::Timeout
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        Failure::Overloaded
-    } else {
-        Failure::Connect
-    }
 }
 
 /// The knobs the stack is built from; the breaker's state lives outside it.
