@@ -197,6 +197,8 @@ pub struct Engine {
     /// The external tier's client, built at start (or at first use after a reload turned the
     /// tier on).
     external: OnceLock<External>,
+    /// Building the client after a reload failed (and was logged).
+    external_unbuilt: AtomicBool,
 }
 
 impl Engine {
@@ -225,6 +227,7 @@ impl Engine {
             shared: None,
             idle_closes,
             external: OnceLock::new(),
+            external_unbuilt: AtomicBool::new(false),
         }
     }
 
@@ -333,7 +336,10 @@ impl Engine {
         match External::new(&policy.classify.external, self.sinks.metrics.clone()) {
             Ok(e) => Some(self.external.get_or_init(|| e)),
             Err(e) => {
-                tracing::warn!(error = %e, "external tier: the client cannot be built; the built-in tiers decide");
+                // Tried again on the next event (a fixed key file is picked up); logged once.
+                if !self.external_unbuilt.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "external tier: the client cannot be built; the built-in tiers decide");
+                }
                 None
             }
         }
