@@ -35,6 +35,17 @@ fn a_bad_config_exits_64_before_binding() {
     );
 }
 
+/// Runs `serve` on an ephemeral port with `args` until it exits; its output and stderr.
+fn serve_once(args: &[&str]) -> (std::process::Output, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 #[test]
 fn a_bad_state_backend_exits_64_and_never_prints_its_password() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,12 +82,7 @@ fn a_bad_state_backend_exits_64_and_never_prints_its_password() {
         ),
     ];
     for (args, want) in cases {
-        let out = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (out, stderr) = serve_once(args);
         assert_ne!(out.status.code(), Some(0), "{args:?}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
@@ -110,12 +116,7 @@ fn bad_external_flags_exit_64_before_serving() {
         ),
     ];
     for (args, want) in cases {
-        let out = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (out, stderr) = serve_once(args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("\"serving\""));

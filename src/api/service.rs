@@ -435,7 +435,7 @@ impl Contexts {
         let key = ThreadKey::new(&event.tenant_id, &event.thread_id);
         match &event.payload {
             Some(Payload::AssistantMessage(m)) => {
-                let text: String = m.text.chars().take(max_chars).collect();
+                let text = crate::classify::external::head(&m.text, max_chars).to_string();
                 if self.texts.insert(key, text).is_none() {
                     self.order.push_back(key);
                 }

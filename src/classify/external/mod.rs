@@ -92,16 +92,21 @@ impl Failure {
         "parse",
     ];
 
+    /// The position of this failure's cause in `CAUSES`.
+    pub fn index(self) -> usize {
+        match self {
+            Failure::Timeout => 0,
+            Failure::BreakerOpen => 1,
+            Failure::Overloaded => 2,
+            Failure::Connect => 3,
+            Failure::Status(_) => 4,
+            Failure::Parse => 5,
+        }
+    }
+
     /// The metric label of this failure (one of `CAUSES`).
     pub fn cause(self) -> &'static str {
-        match self {
-            Failure::Timeout => "timeout",
-            Failure::BreakerOpen => "breaker_open",
-            Failure::Overloaded => "overloaded",
-            Failure::Connect => "connect",
-            Failure::Status(_) => "http_status",
-            Failure::Parse => "parse",
-        }
+        Self::CAUSES[self.index()]
     }
 }
 
@@ -347,8 +352,8 @@ fn api_key(
     Ok(Some(header))
 }
 
-/// The first `max_chars` characters of `text`.
-fn head(text: &str, max_chars: usize) -> &str {
+/// The first `max_chars` characters of `text` (all of it if shorter), without copying.
+pub(crate) fn head(text: &str, max_chars: usize) -> &str {
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => &text[..end],
         None => text,
