@@ -340,6 +340,50 @@ async fn one_stream_overlaps_threads_but_keeps_each_threads_order() {
 }
 
 #[tokio::test]
+async fn a_thread_that_stays_on_one_replica_costs_one_round_trip_per_event() {
+    // Two threads whose keys agree in their low 16 bits: they shared a slot of the table of
+    // versions this replaced, so each one's event evicted the other's version and every event
+    // conflicted once (two round trips). Now the local copy gives the version.
+    let low = |t: &str| threadwarden::state::ThreadKey::new("tenant-a", t).to_u128() as u16;
+    let first = "stay-0".to_string();
+    let second = (1..)
+        .map(|i| format!("stay-{i}"))
+        .find(|t| low(t) == low(&first))
+        .unwrap();
+    let redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let a = Sidecar::start(&redis, &["--admin-listen", &admin]);
+    let mut client = a.client().await;
+    for round in 0..10 {
+        for thread in [&first, &second] {
+            let e = user(format!("{thread}-{round}"), thread, "a benign question");
+            assert_eq!(
+                evaluate(&mut client, e).await.thread.unwrap().turn,
+                round + 1
+            );
+        }
+    }
+    let conflicts = metric(&admin, "threadwarden_state_conflicts_total", "");
+    assert_eq!(conflicts, 0.0, "a replica's own writes never conflict");
+    // Redis's own count: each compare-and-set runs one GET inside its script, and one SET
+    // when it writes.
+    let mut con = redis.connection().unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("get"), 20, "one compare-and-set per event: {stats}");
+    assert_eq!(calls("set"), 20, "{stats}");
+}
+
+#[tokio::test]
 async fn concurrent_writers_on_two_sidecars_lose_no_update() {
     const THREADS: usize = 200;
     const EVENTS: usize = 50;

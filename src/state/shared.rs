@@ -8,11 +8,14 @@
 //! state`: counters, flags and the replay ring of event-id hashes, never text, and the key is a
 //! hash of (tenant, thread), never the raw ids.
 //!
-//! The local `ThreadStore` keeps a copy of each thread this replica has decided, with the
-//! version it was written at (a hint, kept in a small table). A thread whose events keep
-//! reaching the same replica costs one round trip per event; one that moves costs two. The
-//! hint is never trusted for correctness: Redis checks the version. An ENDed thread is locked
-//! for good, so a replica that has seen the END answers `ALREADY_ENDED` without asking.
+//! The version is a hash of the postcard bytes after it, so it names the content: the local
+//! `ThreadStore`'s copy of a thread this replica decided gives the version Redis holds if no
+//! other replica wrote since, with no table of versions to keep (or to lose to collisions). A
+//! thread whose events keep reaching the same replica costs one round trip per event; one
+//! that moves costs two. The guess is never trusted for correctness: Redis compares the
+//! version, and equal versions mean equal states, so a decision is never made on anything but
+//! the newest state. An ENDed thread is locked for good, so a replica that has seen the END
+//! answers `ALREADY_ENDED` without asking.
 //!
 //! When Redis is down or slower than the operation timeout, `--state-fail open` decides from
 //! the local copy and marks the verdict degraded; ENDs and crisis locks learned that way are
@@ -20,7 +23,7 @@
 //! `--state-fail closed` answers `UNAVAILABLE` instead.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,13 +172,11 @@ return 1
 
 /// Re-decisions of one event before the backend counts as unavailable for it.
 const MAX_ATTEMPTS: usize = 16;
-/// Slots of the version-hint table (a power of two).
-const HINT_SLOTS: usize = 1 << 16;
 /// How often the background task checks Redis (and writes back locks learned while degraded).
 const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 enum Cas {
-    Written(u64),
+    Written,
     Conflict(Option<(u64, ThreadState)>),
 }
 
@@ -193,8 +194,6 @@ pub struct SharedStore {
     next: AtomicUsize,
     cas: redis::Script,
     config: SharedConfig,
-    /// (key tag, version) per slot; a wrong hint costs a round trip, never a wrong state.
-    hints: Box<[(AtomicU64, AtomicU64)]>,
     /// Threads with a lock (END, crisis) learned while Redis was away, to write back.
     dirty: Mutex<HashSet<ThreadKey>>,
     up: watch::Sender<bool>,
@@ -233,15 +232,11 @@ impl SharedStore {
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
-        let hints = (0..HINT_SLOTS)
-            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-            .collect();
         Ok(SharedStore {
             conns,
             next: AtomicUsize::new(0),
             cas: redis::Script::new(CAS),
             config,
-            hints,
             dirty: Mutex::new(HashSet::new()),
             up: watch::Sender::new(true),
             metrics,
@@ -266,33 +261,6 @@ impl SharedStore {
     fn conn(&self) -> ConnectionManager {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
-    }
-
-    fn slot(&self, key: ThreadKey) -> &(AtomicU64, AtomicU64) {
-        let k = key.to_u128();
-        &self.hints[(k as usize) & (HINT_SLOTS - 1)]
-    }
-
-    fn hint(&self, key: ThreadKey) -> Option<u64> {
-        let (tag, version) = self.slot(key);
-        let v = version.load(Ordering::Acquire);
-        (tag.load(Ordering::Acquire) == (key.to_u128() >> 64) as u64 && v != 0).then_some(v)
-    }
-
-    fn set_hint(&self, key: ThreadKey, v: u64) {
-        let (tag, version) = self.slot(key);
-        tag.store((key.to_u128() >> 64) as u64, Ordering::Release);
-        version.store(v, Ordering::Release);
-    }
-
-    fn clear_hint(&self, key: ThreadKey) {
-        self.slot(key).1.store(0, Ordering::Release);
-    }
-
-    /// Notes that Redis holds `state` at `version`: the local copy and its hint follow.
-    fn written(&self, local: &ThreadStore, key: ThreadKey, state: ThreadState, version: u64) {
-        local.put(key, state);
-        self.set_hint(key, version);
     }
 
     /// Queues a thread decided without Redis for write-back if it holds a lock.
@@ -347,8 +315,7 @@ impl SharedStore {
         expected: Option<u64>,
         state: &ThreadState,
     ) -> Result<Cas, Cause> {
-        let version = fresh_version();
-        let value = encode(version, state)?;
+        let value = encode(state)?;
         let expected = expected
             .map(|v| v.to_le_bytes().to_vec())
             .unwrap_or_default();
@@ -359,7 +326,7 @@ impl SharedStore {
             .retried(|mut con| async move { call.invoke_async::<Value>(&mut con).await })
             .await;
         match reply? {
-            Value::Int(1) => Ok(Cas::Written(version)),
+            Value::Int(1) => Ok(Cas::Written),
             Value::BulkString(bytes) => Ok(Cas::Conflict(Some(decode(&bytes)?))),
             Value::Nil => Ok(Cas::Conflict(None)),
             _ => Err(Cause::Server),
@@ -421,9 +388,13 @@ impl SharedStore {
             self.metrics.backend.cached_ended();
             return Ok((out, false));
         }
-        let (mut base, mut expected) = match (self.hint(key), cached) {
-            (Some(v), Some(s)) => (s, Some(v)),
-            _ => (ThreadState::default(), None),
+        // The local copy's version is Redis's if no other replica wrote since.
+        let (mut base, mut expected) = match cached {
+            Some(s) => {
+                let v = version_of(&s)?;
+                (s, Some(v))
+            }
+            None => (ThreadState::default(), None),
         };
         let mut cause = Cause::Conflicts;
         for attempt in 0..MAX_ATTEMPTS {
@@ -434,8 +405,8 @@ impl SharedStore {
             let mut next = std::mem::take(&mut base);
             let out = f(&mut next);
             match self.cas(key, expected, &next).await {
-                Ok(Cas::Written(version)) => {
-                    self.written(local, key, next, version);
+                Ok(Cas::Written) => {
+                    local.put(key, next);
                     self.up.send_if_modified(|up| !std::mem::replace(up, true));
                     return Ok((out, false));
                 }
@@ -453,7 +424,6 @@ impl SharedStore {
                 }
             }
         }
-        self.clear_hint(key);
         self.fail(cause)?;
         let out = local.with_thread(key, |s| {
             let out = f(s);
@@ -473,8 +443,8 @@ impl SharedStore {
     ) -> Result<Created<T>, EventError> {
         let out = f(&mut next);
         match self.cas(key, None, &next).await {
-            Ok(Cas::Written(version)) => {
-                self.written(local, key, next, version);
+            Ok(Cas::Written) => {
+                local.put(key, next);
                 Ok(Created::Done(out, false))
             }
             Ok(Cas::Conflict(Some((_, state)))) => Ok(Created::Exists(state)),
@@ -503,8 +473,8 @@ impl SharedStore {
     ) -> Result<(Option<ThreadState>, bool), EventError> {
         match self.read_raw(key).await {
             Ok(found) => Ok((
-                found.map(|(version, state)| {
-                    self.written(local, key, state.clone(), version);
+                found.map(|(_, state)| {
+                    local.put(key, state.clone());
                     state
                 }),
                 false,
@@ -566,8 +536,8 @@ impl SharedStore {
                     break;
                 }
                 match self.cas(key, expected, &merged).await {
-                    Ok(Cas::Written(version)) => {
-                        self.written(local, key, merged, version);
+                    Ok(Cas::Written) => {
+                        local.put(key, merged);
                         self.metrics.backend.written_back();
                         written += 1;
                         done = true;
@@ -622,16 +592,24 @@ pub fn redis_key(key: ThreadKey) -> String {
     format!("tw:{{{:032x}}}", key.to_u128())
 }
 
-fn fresh_version() -> u64 {
-    fastrand::u64(1..)
+/// The value Redis holds for `state`: its version, a hash of the postcard bytes, then those
+/// bytes. Equal states give equal values (postcard is deterministic; the replica's own clock,
+/// meaningless elsewhere, is left out).
+fn encode(state: &ThreadState) -> Result<Vec<u8>, Cause> {
+    let mut state = state.clone();
+    state.last_active = 0;
+    let mut buf = postcard::to_extend(&state, vec![0; 8]).map_err(|_| Cause::Decode)?;
+    let version = xxhash_rust::xxh3::xxh3_64(&buf[8..]);
+    buf[..8].copy_from_slice(&version.to_le_bytes());
+    Ok(buf)
 }
 
-fn encode(version: u64, state: &ThreadState) -> Result<Vec<u8>, Cause> {
-    let mut state = state.clone();
-    // The replica's own clock; meaningless elsewhere.
-    state.last_active = 0;
-    let buf = version.to_le_bytes().to_vec();
-    postcard::to_extend(&state, buf).map_err(|_| Cause::Decode)
+/// The version `encode` gives `state`.
+fn version_of(state: &ThreadState) -> Result<u64, EventError> {
+    let value = encode(state).map_err(|_| {
+        EventError::Unavailable("the thread's state could not be encoded for Redis".into())
+    })?;
+    Ok(u64::from_le_bytes(value[..8].try_into().expect("8 bytes")))
 }
 
 fn decode(bytes: &[u8]) -> Result<(u64, ThreadState), Cause> {
@@ -653,13 +631,32 @@ mod tests {
         s.turn = 7;
         s.last_active = 1234;
         s.flags.set(crate::policy::Flags::ENDED);
-        let bytes = encode(42, &s).unwrap();
+        let bytes = encode(&s).unwrap();
         let (v, back) = decode(&bytes).unwrap();
-        assert_eq!(v, 42);
+        assert_eq!(v, version_of(&s).unwrap());
         assert_eq!(back.turn, 7);
         assert!(back.ended());
         assert_eq!(back.last_active, 0);
         assert_eq!(decode(&bytes[..5]).unwrap_err(), Cause::Decode);
+    }
+
+    #[test]
+    fn versions_name_the_content_not_the_clock() {
+        let mut a = ThreadState::default();
+        a.turn = 3;
+        let mut b = a.clone();
+        b.last_active = 99;
+        // What another replica wrote is recognised from the local copy alone.
+        assert_eq!(version_of(&a).unwrap(), version_of(&b).unwrap());
+        assert_eq!(encode(&a).unwrap(), encode(&b).unwrap());
+        b.turn = 4;
+        assert_ne!(version_of(&a).unwrap(), version_of(&b).unwrap());
+        let (v, back) = decode(&encode(&b).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            version_of(&back).unwrap(),
+            "decoding then encoding keeps the version"
+        );
     }
 
     #[test]
