@@ -185,6 +185,12 @@ pub struct ServeArgs {
     /// Redis connections (each multiplexes and pipelines every request sent on it).
     #[arg(long, env = "THREADWARDEN_STATE_CONNECTIONS", default_value_t = 4)]
     pub state_connections: usize,
+    /// Most events' compare-and-sets in one Redis script call (the events waiting while every
+    /// connection has a call in flight go together). 1: a call per event, for a Redis Cluster
+    /// proxy that refuses a script over keys of several slots.
+    #[arg(long, env = "THREADWARDEN_STATE_BATCH", default_value_t = crate::state::shared::DEFAULT_BATCH as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub state_batch: u64,
     /// File holding the Redis password (trailing newline ignored).
     #[arg(long, env = "THREADWARDEN_STATE_PASSWORD_FILE")]
     pub state_password_file: Option<PathBuf>,
@@ -269,6 +275,7 @@ impl ServeArgs {
             fail: self.state_fail,
             timeout: self.state_timeout,
             connections: self.state_connections,
+            batch: self.state_batch as usize,
             ..SharedConfig::new(url)
         }))
     }

@@ -383,6 +383,105 @@ async fn a_thread_that_stays_on_one_replica_costs_one_round_trip_per_event() {
     assert_eq!(calls("set"), 20, "{stats}");
 }
 
+/// `(compare-and-set script calls, compare-and-sets)` a store sent.
+fn cas_counts(metrics: &threadwarden::telemetry::Metrics) -> (u64, u64) {
+    let (mut calls, mut keys) = (0, 0);
+    metrics.counters(|name, _, value| match name {
+        "threadwarden_state_cas_calls_total" => calls += value,
+        "threadwarden_state_cas_total" => keys += value,
+        _ => {}
+    });
+    (calls, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_compare_and_sets_keep_every_update_and_answer_each_key() {
+    use std::sync::Arc;
+    use threadwarden::state::shared::{SharedConfig, SharedStore};
+    use threadwarden::state::{StoreConfig, ThreadKey, ThreadStore};
+    use threadwarden::telemetry::Metrics;
+
+    const THREADS: usize = 40;
+    const WRITERS: usize = 8;
+    const EACH: u32 = 25;
+    let redis = Redis::start();
+    for batch in [64, 1] {
+        // Two replicas of the store over one Redis, as two sidecars would hold them.
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let metrics = Arc::new(Metrics::default());
+                let config = SharedConfig {
+                    batch,
+                    timeout: Duration::from_secs(5),
+                    ..SharedConfig::new(redis.url())
+                };
+                let store = SharedStore::connect(config, metrics.clone()).unwrap();
+                (
+                    Arc::new(store),
+                    ThreadStore::new(StoreConfig::default()),
+                    metrics,
+                )
+            })
+            .collect();
+        let key = move |t: usize| ThreadKey::new(&format!("batch-{batch}"), &format!("t{t}"));
+        // WRITERS tasks per replica, each adding EACH turns to every thread, all at once: the
+        // same thread's compare-and-sets meet in one call, and across replicas.
+        let mut tasks = Vec::new();
+        for (shared, local, _) in &replicas {
+            for w in 0..WRITERS {
+                let (shared, local) = (shared.clone(), local.clone());
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..EACH {
+                        for t in 0..THREADS {
+                            let t = (t + w * 7 + i as usize) % THREADS;
+                            let (_, degraded) = shared
+                                .update(&local, key(t), |s| s.turn += 1)
+                                .await
+                                .unwrap();
+                            assert!(!degraded);
+                        }
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (shared, local, _) = &replicas[0];
+        for t in 0..THREADS {
+            let (state, degraded) = shared.read(local, key(t)).await.unwrap();
+            assert!(!degraded);
+            assert_eq!(
+                state.unwrap().turn,
+                2 * WRITERS as u32 * EACH,
+                "no update lost (batch {batch}, thread {t})"
+            );
+        }
+        let (mut calls, mut keys, mut conflicts) = (0, 0, 0);
+        for (_, _, metrics) in &replicas {
+            let (c, k) = cas_counts(metrics);
+            calls += c;
+            keys += k;
+            metrics.counters(|name, _, value| {
+                if name == "threadwarden_state_conflicts_total" {
+                    conflicts += value;
+                }
+            });
+        }
+        let updates = (2 * WRITERS * THREADS) as u64 * u64::from(EACH);
+        assert_eq!(keys, updates + conflicts, "one compare-and-set per attempt");
+        if batch == 1 {
+            assert_eq!(calls, keys, "--state-batch 1: one key per call");
+        } else {
+            assert!(
+                calls < keys,
+                "16 writers at once share calls: {calls} calls, {keys} keys"
+            );
+        }
+        assert!(conflicts > 0, "two replicas on the same threads conflict");
+    }
+}
+
 #[tokio::test]
 async fn concurrent_writers_on_two_sidecars_lose_no_update() {
     const THREADS: usize = 200;

@@ -17,6 +17,13 @@
 //! the newest state. An ENDed thread is locked for good, so a replica that has seen the END
 //! answers `ALREADY_ENDED` without asking.
 //!
+//! Compare-and-sets travel in batches: one task per store takes whatever events wait and sends
+//! them as one script call with many keys (each still its own compare-and-set), with at most
+//! one call in flight per connection. A lone event goes at once, in a call of its own; under
+//! load the calls grow, and Redis runs one script per batch instead of one per event.
+//! `--state-batch 1` sends one key per call, for a Cluster proxy that refuses keys of several
+//! slots in one script.
+//!
 //! When Redis is down or slower than the operation timeout, `--state-fail open` decides from
 //! the local copy and marks the verdict degraded; ENDs and crisis locks learned that way are
 //! written back (merged, by CAS, never overwriting newer state) when Redis answers again.
@@ -27,9 +34,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{ThreadKey, ThreadStore};
 use crate::api::EventError;
@@ -71,6 +80,8 @@ pub struct SharedConfig {
     pub timeout: Duration,
     /// Multiplexed connections (each pipelines every request sent on it).
     pub connections: usize,
+    /// Most compare-and-sets in one script call (1: a call per event).
+    pub batch: usize,
     /// Expiry of an ordinary thread's key.
     pub idle_ttl: Duration,
     /// Expiry of an ENDed or crisis thread's key.
@@ -85,6 +96,7 @@ impl std::fmt::Debug for SharedConfig {
             .field("fail", &self.fail)
             .field("timeout", &self.timeout)
             .field("connections", &self.connections)
+            .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +112,8 @@ pub fn redact(url: &str) -> String {
 }
 
 impl SharedConfig {
-    /// Defaults for `url`: fail open, 50 ms per operation, 4 connections, the store's TTLs.
+    /// Defaults for `url`: fail open, 50 ms per operation, 4 connections, batches of up to
+    /// 64 events, the store's TTLs.
     pub fn new(url: impl Into<String>) -> SharedConfig {
         SharedConfig {
             url: url.into(),
@@ -109,6 +122,7 @@ impl SharedConfig {
             fail: FailMode::Open,
             timeout: Duration::from_millis(50),
             connections: 4,
+            batch: DEFAULT_BATCH,
             idle_ttl: Duration::from_secs(24 * 3600),
             locked_ttl: Duration::from_secs(30 * 24 * 3600),
         }
@@ -157,18 +171,28 @@ impl From<redis::RedisError> for Cause {
     }
 }
 
-/// Compare-and-set: write `ARGV[2]` (expiring in `ARGV[3]` ms) if the value's version prefix is
-/// `ARGV[1]` ('' for "absent"). Returns 1 when written, else the current value (nil if absent).
+/// Compare-and-set on each key: for `KEYS[i]`, write `ARGV[3i-1]` (expiring in `ARGV[3i]` ms)
+/// if the value's version prefix is `ARGV[3i-2]` ('' for "absent"). Returns one answer per
+/// key: 1 when written, else the current value (nil if absent).
 const CAS: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
-elseif ARGV[1] ~= '' then
-  return false
+local out = {}
+for i = 1, #KEYS do
+  local expected = ARGV[3 * i - 2]
+  local cur = redis.call('GET', KEYS[i])
+  if cur and string.sub(cur, 1, 8) ~= expected then
+    out[i] = cur
+  elseif not cur and expected ~= '' then
+    out[i] = false
+  else
+    redis.call('SET', KEYS[i], ARGV[3 * i - 1], 'PX', ARGV[3 * i])
+    out[i] = 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+return out
 ";
+
+/// Default of `--state-batch`.
+pub const DEFAULT_BATCH: usize = 64;
 
 /// Re-decisions of one event before the backend counts as unavailable for it.
 const MAX_ATTEMPTS: usize = 16;
@@ -188,11 +212,30 @@ pub enum Created<T> {
     Exists(ThreadState),
 }
 
-/// The Redis backend. Cheap to share as `Arc<SharedStore>`.
-pub struct SharedStore {
+/// The connections and what every call on them needs; shared with the batching task.
+struct Link {
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     cas: redis::Script,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// One compare-and-set waiting for its batch.
+struct Job {
+    key: String,
+    /// The version expected (empty: the key must be absent).
+    expected: Vec<u8>,
+    value: Vec<u8>,
+    ttl_ms: u64,
+    reply: oneshot::Sender<Result<Value, Cause>>,
+}
+
+/// The Redis backend. Cheap to share as `Arc<SharedStore>`.
+pub struct SharedStore {
+    link: Arc<Link>,
+    /// The batching task's queue, started by the first compare-and-set.
+    jobs: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
     config: SharedConfig,
     /// Threads with a lock (END, crisis) learned while Redis was away, to write back.
     dirty: Mutex<HashSet<ThreadKey>>,
@@ -208,6 +251,9 @@ impl SharedStore {
             .as_str()
             .into_connection_info()
             .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
+        // One small request per event, each awaited: Nagle's algorithm (redis-rs's default)
+        // would hold a request back until the previous one is acknowledged.
+        info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         if let Some(p) = &config.password {
             let settings = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(settings);
@@ -233,9 +279,14 @@ impl SharedStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("--state-backend {}: {e}", redact(&config.url)))?;
         Ok(SharedStore {
-            conns,
-            next: AtomicUsize::new(0),
-            cas: redis::Script::new(CAS),
+            link: Arc::new(Link {
+                conns,
+                next: AtomicUsize::new(0),
+                cas: redis::Script::new(CAS),
+                timeout: config.timeout,
+                metrics: metrics.clone(),
+            }),
+            jobs: std::sync::OnceLock::new(),
             config,
             dirty: Mutex::new(HashSet::new()),
             up: watch::Sender::new(true),
@@ -258,30 +309,10 @@ impl SharedStore {
         self.dirty.lock().expect("dirty set").len()
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
     /// Queues a thread decided without Redis for write-back if it holds a lock.
     fn mark_if_locked(&self, key: ThreadKey, state: &ThreadState) {
         if state.ended() || state.crisis_suspected() {
             self.dirty.lock().expect("dirty set").insert(key);
-        }
-    }
-
-    /// Runs one Redis operation under the deadline, timing it.
-    async fn op<T>(
-        &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Cause> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.config.timeout, fut).await;
-        self.metrics.backend.latency.observe(started.elapsed());
-        match result {
-            Err(_) => Err(Cause::Timeout),
-            Ok(Err(e)) => Err(Cause::from(e)),
-            Ok(Ok(v)) => Ok(v),
         }
     }
 
@@ -294,37 +325,39 @@ impl SharedStore {
         (ttl.as_millis() as u64).max(1)
     }
 
-    /// Runs `run` on a connection under the deadline; a dropped connection is retried once,
-    /// on the next connection.
-    async fn retried<T, Fut>(&self, run: impl Fn(ConnectionManager) -> Fut) -> Result<T, Cause>
-    where
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        match self.op(run(self.conn())).await {
-            Err(Cause::Connection) => self.op(run(self.conn())).await,
-            reply => reply,
-        }
-    }
-
-    /// One compare-and-set. A dropped connection is retried once on another: safe, because
-    /// if the first attempt did write, the retry finds the new version, conflicts, and the
-    /// event is decided again on the state that holds it (the replay ring answers it).
+    /// One compare-and-set, sent in the next batch. A dropped connection is retried once on
+    /// another: safe, because if the first attempt did write, the retry finds the new version,
+    /// conflicts, and the event is decided again on the state that holds it (the replay ring
+    /// answers it).
     async fn cas(
         &self,
         key: ThreadKey,
         expected: Option<u64>,
         state: &ThreadState,
     ) -> Result<Cas, Cause> {
-        let value = encode(state)?;
-        let expected = expected
-            .map(|v| v.to_le_bytes().to_vec())
-            .unwrap_or_default();
-        let mut call = self.cas.key(redis_key(key));
-        call.arg(expected).arg(value).arg(self.ttl_ms(state));
-        let call = &call;
-        let reply = self
-            .retried(|mut con| async move { call.invoke_async::<Value>(&mut con).await })
-            .await;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            key: redis_key(key),
+            expected: expected
+                .map(|v| v.to_le_bytes().to_vec())
+                .unwrap_or_default(),
+            value: encode(state)?,
+            ttl_ms: self.ttl_ms(state),
+            reply,
+        };
+        let queue = self.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(batch_jobs(self.link.clone(), rx, self.config.batch.max(1)));
+            tx
+        });
+        queue.send(job).map_err(|_| Cause::Connection)?;
+        // The batch's call has the deadline; waiting for a connection to be free adds at most
+        // one more call's.
+        let reply = match tokio::time::timeout(self.config.timeout * 2, answer).await {
+            Err(_) => return Err(Cause::Timeout),
+            Ok(Err(_)) => return Err(Cause::Connection),
+            Ok(Ok(reply)) => reply,
+        };
         match reply? {
             Value::Int(1) => Ok(Cas::Written),
             Value::BulkString(bytes) => Ok(Cas::Conflict(Some(decode(&bytes)?))),
@@ -338,6 +371,7 @@ impl SharedStore {
         cmd.arg(redis_key(key));
         let cmd = &cmd;
         let reply = self
+            .link
             .retried(|mut con| async move { cmd.query_async::<Option<Vec<u8>>>(&mut con).await })
             .await;
         reply?.map(|b| decode(&b)).transpose()
@@ -490,9 +524,10 @@ impl SharedStore {
     /// all answered in time.
     pub async fn ping(&self) -> bool {
         let mut ok = true;
-        for con in &self.conns {
+        for con in &self.link.conns {
             let mut con = con.clone();
             ok &= self
+                .link
                 .op(redis::cmd("PING").query_async::<String>(&mut con))
                 .await
                 .is_ok();
@@ -575,6 +610,91 @@ impl SharedStore {
             }
         }))
     }
+}
+
+impl Link {
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    /// Runs one Redis operation under the deadline, timing it.
+    async fn op<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Cause> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        self.metrics.backend.latency.observe(started.elapsed());
+        match result {
+            Err(_) => Err(Cause::Timeout),
+            Ok(Err(e)) => Err(Cause::from(e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Runs `run` on a connection under the deadline; a dropped connection is retried once,
+    /// on the next connection.
+    async fn retried<T, Fut>(&self, run: impl Fn(ConnectionManager) -> Fut) -> Result<T, Cause>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match self.op(run(self.conn())).await {
+            Err(Cause::Connection) => self.op(run(self.conn())).await,
+            reply => reply,
+        }
+    }
+
+    /// Sends `jobs` as one script call and hands each its answer.
+    async fn send(&self, jobs: Vec<Job>) {
+        let mut call = self.cas.prepare_invoke();
+        for job in &jobs {
+            call.key(job.key.as_str());
+            call.arg(job.expected.as_slice())
+                .arg(job.value.as_slice())
+                .arg(job.ttl_ms);
+        }
+        let call = &call;
+        let reply = self
+            .retried(|mut con| async move { call.invoke_async::<Vec<Value>>(&mut con).await })
+            .await;
+        self.metrics.backend.batch(jobs.len());
+        match reply {
+            Ok(answers) if answers.len() == jobs.len() => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            other => {
+                let cause = other.err().unwrap_or(Cause::Server);
+                for job in jobs {
+                    let _ = job.reply.send(Err(cause));
+                }
+            }
+        }
+    }
+}
+
+/// The batching task: takes every job waiting (up to `batch`) whenever a connection has no
+/// call in flight, and sends them as one call. Ends when the store is dropped, after the
+/// calls in flight.
+async fn batch_jobs(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, batch: usize) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut jobs = Vec::with_capacity(batch);
+    loop {
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            n = queue.recv_many(&mut jobs, batch), if in_flight.len() < link.conns.len() => {
+                if n == 0 {
+                    break;
+                }
+                let link = link.clone();
+                let ready = std::mem::replace(&mut jobs, Vec::with_capacity(batch));
+                in_flight.push(async move { link.send(ready).await });
+            }
+        }
+    }
+    while in_flight.next().await.is_some() {}
 }
 
 /// Stops the monitor task when dropped.

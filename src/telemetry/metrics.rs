@@ -583,17 +583,21 @@ pub struct BackendMetrics {
     errors: [AtomicU64; Cause::ALL.len()],
     written_back: AtomicU64,
     cached_ended: AtomicU64,
+    cas_calls: AtomicU64,
+    cas_keys: AtomicU64,
     /// 1 while Redis answers, 0 while it does not, -1 with the memory backend.
     up: AtomicI64,
 }
 
 /// The backend's counter names.
-pub const BACKEND_COUNTER_NAMES: [&str; 5] = [
+pub const BACKEND_COUNTER_NAMES: [&str; 7] = [
     "threadwarden_state_conflicts_total",
     "threadwarden_state_degraded_total",
     "threadwarden_state_errors_total",
     "threadwarden_state_written_back_total",
     "threadwarden_state_cached_ended_total",
+    "threadwarden_state_cas_calls_total",
+    "threadwarden_state_cas_total",
 ];
 
 impl Default for BackendMetrics {
@@ -605,6 +609,8 @@ impl Default for BackendMetrics {
             errors: Default::default(),
             written_back: AtomicU64::new(0),
             cached_ended: AtomicU64::new(0),
+            cas_calls: AtomicU64::new(0),
+            cas_keys: AtomicU64::new(0),
             up: AtomicI64::new(-1),
         }
     }
@@ -632,13 +638,26 @@ impl BackendMetrics {
     pub fn cached_ended(&self) {
         self.cached_ended.fetch_add(1, Relaxed);
     }
+    /// One script call to Redis carrying `keys` compare-and-sets.
+    pub fn batch(&self, keys: usize) {
+        self.cas_calls.fetch_add(1, Relaxed);
+        self.cas_keys.fetch_add(keys as u64, Relaxed);
+    }
     /// Whether Redis answered the latest check.
     pub fn set_up(&self, up: bool) {
         self.up.store(i64::from(up), Relaxed);
     }
 
     fn counters(&self, f: &mut impl FnMut(&'static str, Vec<(&'static str, &'static str)>, u64)) {
-        let [conflicts, degraded, errors, written_back, cached_ended] = BACKEND_COUNTER_NAMES;
+        let [
+            conflicts,
+            degraded,
+            errors,
+            written_back,
+            cached_ended,
+            cas_calls,
+            cas_keys,
+        ] = BACKEND_COUNTER_NAMES;
         f(conflicts, vec![], self.conflicts.load(Relaxed));
         f(degraded, vec![], self.degraded.load(Relaxed));
         for (i, c) in Cause::ALL.iter().enumerate() {
@@ -650,6 +669,8 @@ impl BackendMetrics {
         }
         f(written_back, vec![], self.written_back.load(Relaxed));
         f(cached_ended, vec![], self.cached_ended.load(Relaxed));
+        f(cas_calls, vec![], self.cas_calls.load(Relaxed));
+        f(cas_keys, vec![], self.cas_keys.load(Relaxed));
     }
 }
 
@@ -1000,6 +1021,12 @@ fn help(name: &str) -> &'static str {
         }
         "threadwarden_state_cached_ended_total" => {
             "Events on ENDed threads answered without a round trip to Redis."
+        }
+        "threadwarden_state_cas_calls_total" => {
+            "Compare-and-set script calls to Redis (each carries a batch of events)."
+        }
+        "threadwarden_state_cas_total" => {
+            "Compare-and-sets sent to Redis; divided by the calls, the mean batch."
         }
         "threadwarden_state_backend_up" => {
             "1 while the shared state store answers, 0 while not, -1 for the memory backend."
