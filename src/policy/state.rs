@@ -409,6 +409,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_longest_state_fits_a_shared_value() {
+        let longest = ThreadState {
+            turn: u32::MAX,
+            last_active: 0,
+            flags: Flags(u16::MAX),
+            esc: Escalation {
+                strikes: u8::MAX,
+                redirects: u8::MAX,
+                benign_streak: u8::MAX,
+            },
+            exposures: u16::MAX,
+            cursor: u8::MAX,
+            history: [[u8::MAX; 3]; HISTORY_TURNS],
+            recent: [u64::MAX; RECENT_EVENTS],
+        };
+        let bytes = postcard::to_allocvec(&longest).unwrap();
+        assert!(
+            bytes.len() <= crate::state::shared::MAX_STATE_BYTES,
+            "{} bytes",
+            bytes.len()
+        );
+    }
+
+    #[test]
     fn cursor_and_model_slot_keep_their_bits() {
         let mut s = ThreadState::default();
         s.flags

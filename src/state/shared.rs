@@ -221,14 +221,42 @@ struct Link {
     metrics: Arc<Metrics>,
 }
 
-/// One compare-and-set waiting for its batch.
+/// One compare-and-set waiting for its batch. Held inline (no allocation but the reply's):
+/// jobs are made on the stream's worker and dropped on the batching task's.
 struct Job {
-    key: String,
-    /// The version expected (empty: the key must be absent).
-    expected: Vec<u8>,
-    value: Vec<u8>,
+    key: KeyBytes,
+    /// The version expected (`None`: the key must be absent).
+    expected: Option<[u8; 8]>,
+    value: Encoded,
     ttl_ms: u64,
     reply: oneshot::Sender<Result<Value, Cause>>,
+}
+
+/// A thread's Redis key, `tw:{<32 hex digits>}`.
+type KeyBytes = [u8; 37];
+
+/// Room for an encoded value: 8 bytes of version and the postcard state.
+const VALUE_CAP: usize = 8 + MAX_STATE_BYTES;
+
+/// The most bytes a postcard-encoded `ThreadState` takes (every varint at its longest: 80;
+/// `policy::state` tests that it fits).
+pub const MAX_STATE_BYTES: usize = 88;
+
+/// A value as Redis holds it (see `encode`).
+#[derive(Clone, Copy)]
+struct Encoded {
+    buf: [u8; VALUE_CAP],
+    len: usize,
+}
+
+impl Encoded {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn version(&self) -> u64 {
+        u64::from_le_bytes(self.buf[..8].try_into().expect("8 bytes"))
+    }
 }
 
 /// The Redis backend. Cheap to share as `Arc<SharedStore>`.
@@ -337,10 +365,8 @@ impl SharedStore {
     ) -> Result<Cas, Cause> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            key: redis_key(key),
-            expected: expected
-                .map(|v| v.to_le_bytes().to_vec())
-                .unwrap_or_default(),
+            key: key_bytes(key),
+            expected: expected.map(u64::to_le_bytes),
             value: encode(state)?,
             ttl_ms: self.ttl_ms(state),
             reply,
@@ -425,8 +451,10 @@ impl SharedStore {
         // The local copy's version is Redis's if no other replica wrote since.
         let (mut base, mut expected) = match cached {
             Some(s) => {
-                let v = version_of(&s)?;
-                (s, Some(v))
+                // Encoding cannot fail (the state's longest encoding fits); were it to, the
+                // guess "absent" only costs a conflict.
+                let v = encode(&s).ok().map(|e| e.version());
+                (s, v)
             }
             None => (ThreadState::default(), None),
         };
@@ -645,18 +673,37 @@ impl Link {
         }
     }
 
-    /// Sends `jobs` as one script call and hands each its answer.
+    /// Sends `jobs` as one script call and hands each its answer. The call is one `Cmd`
+    /// (one buffer for every argument), not a `ScriptInvocation` (a buffer per argument, then
+    /// copied into a `Cmd`); a Redis that lost the script (a restart) is sent it once.
     async fn send(&self, jobs: Vec<Job>) {
-        let mut call = self.cas.prepare_invoke();
+        let mut cmd = redis::Cmd::with_capacity(
+            3 + 4 * jobs.len(),
+            64 + jobs.len() * (std::mem::size_of::<KeyBytes>() + 8 + VALUE_CAP + 24),
+        );
+        cmd.arg("EVALSHA").arg(self.cas.get_hash()).arg(jobs.len());
         for job in &jobs {
-            call.key(job.key.as_str());
-            call.arg(job.expected.as_slice())
-                .arg(job.value.as_slice())
+            cmd.arg(&job.key);
+        }
+        for job in &jobs {
+            cmd.arg(job.expected.as_ref().map_or(&[][..], |e| &e[..]))
+                .arg(job.value.as_bytes())
                 .arg(job.ttl_ms);
         }
-        let call = &call;
+        let (cmd, script) = (&cmd, &self.cas);
         let reply = self
-            .retried(|mut con| async move { call.invoke_async::<Vec<Value>>(&mut con).await })
+            .retried(|mut con| async move {
+                match cmd.query_async::<Vec<Value>>(&mut con).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        script.load_async(&mut con).await?;
+                        cmd.query_async(&mut con).await
+                    }
+                    reply => reply,
+                }
+            })
             .await;
         self.metrics.backend.batch(jobs.len());
         match reply {
@@ -709,27 +756,34 @@ impl Drop for MonitorGuard {
 /// The thread's Redis key: its 128-bit hash in a hash tag, so that every key of one thread
 /// (today one) maps to one Cluster slot.
 pub fn redis_key(key: ThreadKey) -> String {
-    format!("tw:{{{:032x}}}", key.to_u128())
+    String::from_utf8(key_bytes(key).to_vec()).expect("ASCII")
+}
+
+/// `redis_key`, on the stack.
+fn key_bytes(key: ThreadKey) -> KeyBytes {
+    use std::io::Write;
+    let mut out = [0; 37];
+    write!(&mut out[..], "tw:{{{:032x}}}", key.to_u128()).expect("37 bytes");
+    out
 }
 
 /// The value Redis holds for `state`: its version, a hash of the postcard bytes, then those
 /// bytes. Equal states give equal values (postcard is deterministic; the replica's own clock,
 /// meaningless elsewhere, is left out).
-fn encode(state: &ThreadState) -> Result<Vec<u8>, Cause> {
+fn encode(state: &ThreadState) -> Result<Encoded, Cause> {
     let mut state = state.clone();
     state.last_active = 0;
-    let mut buf = postcard::to_extend(&state, vec![0; 8]).map_err(|_| Cause::Decode)?;
-    let version = xxhash_rust::xxh3::xxh3_64(&buf[8..]);
-    buf[..8].copy_from_slice(&version.to_le_bytes());
-    Ok(buf)
-}
-
-/// The version `encode` gives `state`.
-fn version_of(state: &ThreadState) -> Result<u64, EventError> {
-    let value = encode(state).map_err(|_| {
-        EventError::Unavailable("the thread's state could not be encoded for Redis".into())
-    })?;
-    Ok(u64::from_le_bytes(value[..8].try_into().expect("8 bytes")))
+    let mut out = Encoded {
+        buf: [0; VALUE_CAP],
+        len: 0,
+    };
+    let n = postcard::to_slice(&state, &mut out.buf[8..])
+        .map_err(|_| Cause::Decode)?
+        .len();
+    let version = xxhash_rust::xxh3::xxh3_64(&out.buf[8..8 + n]);
+    out.buf[..8].copy_from_slice(&version.to_le_bytes());
+    out.len = 8 + n;
+    Ok(out)
 }
 
 fn decode(bytes: &[u8]) -> Result<(u64, ThreadState), Cause> {
@@ -751,9 +805,10 @@ mod tests {
         s.turn = 7;
         s.last_active = 1234;
         s.flags.set(crate::policy::Flags::ENDED);
-        let bytes = encode(&s).unwrap();
-        let (v, back) = decode(&bytes).unwrap();
-        assert_eq!(v, version_of(&s).unwrap());
+        let value = encode(&s).unwrap();
+        let bytes = value.as_bytes();
+        let (v, back) = decode(bytes).unwrap();
+        assert_eq!(v, value.version());
         assert_eq!(back.turn, 7);
         assert!(back.ended());
         assert_eq!(back.last_active, 0);
@@ -767,14 +822,17 @@ mod tests {
         let mut b = a.clone();
         b.last_active = 99;
         // What another replica wrote is recognised from the local copy alone.
-        assert_eq!(version_of(&a).unwrap(), version_of(&b).unwrap());
-        assert_eq!(encode(&a).unwrap(), encode(&b).unwrap());
+        assert_eq!(encode(&a).unwrap().version(), encode(&b).unwrap().version());
+        assert_eq!(
+            encode(&a).unwrap().as_bytes(),
+            encode(&b).unwrap().as_bytes()
+        );
         b.turn = 4;
-        assert_ne!(version_of(&a).unwrap(), version_of(&b).unwrap());
-        let (v, back) = decode(&encode(&b).unwrap()).unwrap();
+        assert_ne!(encode(&a).unwrap().version(), encode(&b).unwrap().version());
+        let (v, back) = decode(encode(&b).unwrap().as_bytes()).unwrap();
         assert_eq!(
             v,
-            version_of(&back).unwrap(),
+            encode(&back).unwrap().version(),
             "decoding then encoding keeps the version"
         );
     }
@@ -786,6 +844,8 @@ mod tests {
         assert!(key.starts_with("tw:{") && key.ends_with('}'), "{key}");
         assert!(!key.contains("thread-1") && !key.contains("tenant"));
         assert_eq!(key.len(), 4 + 32 + 1);
+        assert_eq!(key.as_bytes(), key_bytes(k));
+        assert_eq!(key, format!("tw:{{{:032x}}}", k.to_u128()));
     }
 
     #[test]
