@@ -10,10 +10,14 @@
 #   latency-streams  64 streams, open loop, 5,000/s (p50/p99)
 # Every server is primed first (loadgen --prime: one event per thread id, untimed), so the runs
 # measure replicas in steady state: each thread already in the sidecar's local copy and in Redis,
-# one round trip per event. (A thread new to a replica but known to Redis costs two: the
-# compare-and-set conflicts once. The `cold` round, without priming, on a Redis that already
-# holds every thread, shows that case: every first touch of a thread in the run conflicts.)
-# Reads Redis's used_memory per key after each round (bytes per thread in Redis).
+# one compare-and-set per event (batched with other events' under load). (A thread new to a
+# replica but known to Redis costs two: the compare-and-set conflicts once. The `cold` round,
+# without priming, on a Redis that already holds every thread, shows that case: every first touch
+# of a thread in the run conflicts.)
+# Reads Redis's used_memory per key after each round (bytes per thread in Redis), the mean batch
+# (compare-and-sets per script call, from INFO commandstats, priming included), and the bare
+# loopback round trip of this machine (redis-benchmark, one blocking client, GET): the floor
+# under the added latency.
 # Writes $OUT/redis.md (also printed) and the raw JSON per round.
 #
 #   scripts/bench-redis.sh            # about 6 minutes on 2 cores, after the build
@@ -60,9 +64,10 @@ printf '\n==> cold: no priming, Redis already holding every thread\n' >&2
     --sidecar-arg=--state-backend=redis://127.0.0.1:"$PORT" \
     --baseline-sidecar-arg=--state-backend=memory --json >"$OUT/cold.json"
 cli info commandstats >"$OUT/commandstats.txt"
+redis-benchmark -p "$PORT" -n 20000 -c 1 -t get --csv >"$OUT/floor.csv" 2>/dev/null
 
 python3 - "$OUT" "$RUNS" <<'EOF' | tee "$OUT/redis.md"
-import json, statistics, sys
+import csv, json, os, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
 rounds = [json.load(open(f"{out}/round-{i}.json")) for i in range(1, runs + 1)]
 mem = [json.load(open(f"{out}/round-{i}.redis.json")) for i in range(1, runs + 1)]
@@ -101,6 +106,20 @@ cpu = lambda name, side: med([r[side]["server_cpu_us_per_event"] for r in runs_o
 cls = lambda name: med([r["sidecar"]["server_classify_us"] for r in runs_of(name)])
 print(f"\nSidecar CPU per event at 64 streams: Redis {cpu('streams', 'sidecar'):.1f} µs "
       f"(classification in the server {cls('streams'):.1f} µs), memory {cpu('streams', 'echo'):.1f} µs.")
+stats = {}
+for line in open(f"{out}/commandstats.txt"):
+    if line.startswith("cmdstat_"):
+        name, rest = line[len("cmdstat_"):].split(":", 1)
+        stats[name] = dict(kv.split("=") for kv in rest.strip().split(","))
+calls = lambda c: int(stats.get(c, {}).get("calls", 0))
+if calls("evalsha"):
+    script_us = float(stats["evalsha"]["usec"]) / calls("get")
+    print(f"\nCompare-and-sets per script call: {calls('get') / calls('evalsha'):.1f} on average "
+          f"(Redis CPU inside the script per compare-and-set: {script_us:.1f} µs)")
+floor = list(csv.DictReader(open(f"{out}/floor.csv"))) if os.path.exists(f"{out}/floor.csv") else []
+if floor:
+    print(f"\nBare loopback round trip (redis-benchmark, 1 client, GET): p50 "
+          f"{float(floor[0]['p50_latency_ms']) * 1000:.0f} µs, p99 {float(floor[0]['p99_latency_ms']) * 1000:.0f} µs")
 per = [(m["used"] - m["base"]) / m["keys"] for m in mem if m["keys"]]
 print(f"\nRedis memory per thread: {med(per):.0f} B (used_memory growth / keys; {', '.join(str(m['keys']) for m in mem)} keys per round)")
 EOF
