@@ -377,8 +377,9 @@ impl SharedStore {
             tx
         });
         queue.send(job).map_err(|_| Cause::Connection)?;
-        // The batch's call has the deadline; waiting for a connection to be free adds at most
-        // one more call's.
+        // The batch's call has its own deadline per attempt; this one bounds the wait in the
+        // queue too (behind at most one call per connection), so a stuck queue cannot hold an
+        // event for longer.
         let reply = match tokio::time::timeout(self.config.timeout * 2, answer).await {
             Err(_) => return Err(Cause::Timeout),
             Ok(Err(_)) => return Err(Cause::Connection),
