@@ -187,7 +187,8 @@ pub struct ServeArgs {
     pub state_connections: usize,
     /// Most events' compare-and-sets in one Redis script call (the events waiting while every
     /// connection has a call in flight go together). 1: a call per event, for a Redis Cluster
-    /// proxy that refuses a script over keys of several slots.
+    /// (or its proxy), which refuses a script over keys of several slots; the sidecar also
+    /// falls back to 1 by itself at the first such refusal.
     #[arg(long, env = "THREADWARDEN_STATE_BATCH", default_value_t = crate::state::shared::DEFAULT_BATCH as u64,
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub state_batch: u64,

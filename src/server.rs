@@ -256,6 +256,7 @@ impl App {
                     backend = %crate::state::shared::redact(&shared.config().url),
                     fail = ?shared.config().fail,
                     timeout_ms = shared.config().timeout.as_millis() as u64,
+                    batch = shared.config().batch,
                     "thread state shared in Redis"
                 );
                 Some(Arc::new(shared))

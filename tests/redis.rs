@@ -482,6 +482,102 @@ async fn batched_compare_and_sets_keep_every_update_and_answer_each_key() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_refuses_multi_slot_calls_gets_one_key_per_call() {
+    use std::sync::Arc;
+    use threadwarden::state::shared::{SharedConfig, SharedStore};
+    use threadwarden::state::{StoreConfig, ThreadKey, ThreadStore};
+    use threadwarden::telemetry::Metrics;
+
+    // A one-node Redis Cluster owning every slot: single-key calls are served, a script over
+    // keys of several slots is refused with CROSSSLOT.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--dir", dir.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut con = loop {
+        match redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("redis-server did not start: {e}"),
+        }
+    };
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut con)
+        .unwrap();
+    while !redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query::<String>(&mut con)
+        .unwrap()
+        .contains("cluster_state:ok")
+    {
+        assert!(Instant::now() < deadline, "the cluster did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let config = SharedConfig {
+        timeout: Duration::from_secs(5),
+        ..SharedConfig::new(url)
+    };
+    let shared = Arc::new(SharedStore::connect(config, metrics.clone()).unwrap());
+    let local = ThreadStore::new(StoreConfig::default());
+    let round = |turn: u32| {
+        let tasks: Vec<_> = (0..200)
+            .map(|t| {
+                let (shared, local) = (shared.clone(), local.clone());
+                tokio::spawn(async move {
+                    let key = ThreadKey::new("cluster", &format!("t{t}"));
+                    let (seen, degraded) = shared
+                        .update(&local, key, |s| {
+                            s.turn += 1;
+                            s.turn
+                        })
+                        .await
+                        .unwrap();
+                    assert!(!degraded, "every event reaches Redis");
+                    assert_eq!(seen, turn);
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    round(1).await;
+    let (calls, keys) = cas_counts(&metrics);
+    assert!(
+        keys > calls,
+        "a call over several keys was tried: {calls} calls, {keys} keys"
+    );
+    round(2).await;
+    let (calls2, keys2) = cas_counts(&metrics);
+    assert_eq!(keys2 - keys, 200);
+    assert_eq!(calls2 - calls, 200, "after CROSSSLOT, one key per call");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test]
 async fn concurrent_writers_on_two_sidecars_lose_no_update() {
     const THREADS: usize = 200;

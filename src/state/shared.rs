@@ -21,8 +21,8 @@
 //! them as one script call with many keys (each still its own compare-and-set), with at most
 //! one call in flight per connection. A lone event goes at once, in a call of its own; under
 //! load the calls grow, and Redis runs one script per batch instead of one per event.
-//! `--state-batch 1` sends one key per call, for a Cluster proxy that refuses keys of several
-//! slots in one script.
+//! `--state-batch 1` sends one key per call, for a Cluster (or its proxy), which refuses keys of
+//! several slots in one script; the first such refusal (CROSSSLOT) makes the store do so too.
 //!
 //! When Redis is down or slower than the operation timeout, `--state-fail open` decides from
 //! the local copy and marks the verdict degraded; ENDs and crisis locks learned that way are
@@ -30,14 +30,14 @@
 //! `--state-fail closed` answers `UNAVAILABLE` instead.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Value};
+use redis::{IntoConnectionInfo, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{ThreadKey, ThreadStore};
@@ -217,6 +217,9 @@ struct Link {
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     cas: redis::Script,
+    /// Set when Redis refused a call over keys of several slots (CROSSSLOT: a Cluster, or a
+    /// proxy in front of one): from then on a call carries one key.
+    single: AtomicBool,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -311,6 +314,7 @@ impl SharedStore {
                 conns,
                 next: AtomicUsize::new(0),
                 cas: redis::Script::new(CAS),
+                single: AtomicBool::new(false),
                 timeout: config.timeout,
                 metrics: metrics.clone(),
             }),
@@ -674,50 +678,82 @@ impl Link {
         }
     }
 
-    /// Sends `jobs` as one script call and hands each its answer. The call is one `Cmd`
-    /// (one buffer for every argument), not a `ScriptInvocation` (a buffer per argument, then
-    /// copied into a `Cmd`); a Redis that lost the script (a restart) is sent it once.
+    /// Sends `jobs` as one script call and hands each its answer. A Redis that refuses keys
+    /// of several slots in one call gets them one call each, now and from then on.
     async fn send(&self, jobs: Vec<Job>) {
+        let reply = self.call(&jobs).await;
+        self.metrics.backend.batch(jobs.len());
+        if reply.is_err() && jobs.len() > 1 && self.single.load(Ordering::Relaxed) {
+            for job in jobs {
+                let reply = self.call(std::slice::from_ref(&job)).await;
+                self.metrics.backend.batch(1);
+                deliver(vec![job], reply);
+            }
+            return;
+        }
+        deliver(jobs, reply);
+    }
+
+    /// One script call over `jobs`. It is one `Cmd` (one buffer for every argument), not a
+    /// `ScriptInvocation` (a buffer per argument, then copied into a `Cmd`); a Redis that lost
+    /// the script (a restart) is sent it once.
+    async fn call(&self, jobs: &[Job]) -> Result<Vec<Value>, Cause> {
         let mut cmd = redis::Cmd::with_capacity(
             3 + 4 * jobs.len(),
             64 + jobs.len() * (std::mem::size_of::<KeyBytes>() + 8 + VALUE_CAP + 24),
         );
         cmd.arg("EVALSHA").arg(self.cas.get_hash()).arg(jobs.len());
-        for job in &jobs {
+        for job in jobs {
             cmd.arg(&job.key);
         }
-        for job in &jobs {
+        for job in jobs {
             cmd.arg(job.expected.as_ref().map_or(&[][..], |e| &e[..]))
                 .arg(job.value.as_bytes())
                 .arg(job.ttl_ms);
         }
         let (cmd, script) = (&cmd, &self.cas);
-        let reply = self
+        let single = &self.single;
+        let answers = self
             .retried(|mut con| async move {
-                match cmd.query_async::<Vec<Value>>(&mut con).await {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
+                let reply = match cmd.query_async::<Vec<Value>>(&mut con).await {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
                         script.load_async(&mut con).await?;
                         cmd.query_async(&mut con).await
                     }
                     reply => reply,
+                };
+                if let Err(e) = &reply
+                    && e.kind() == redis::ErrorKind::Server(ServerErrorKind::CrossSlot)
+                    && !single.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "Redis refused a compare-and-set call over keys of several slots \
+                         (a Cluster): one key per call from now on (--state-batch 1 says so \
+                         at start)"
+                    );
                 }
+                reply
             })
-            .await;
-        self.metrics.backend.batch(jobs.len());
-        match reply {
-            Ok(answers) if answers.len() == jobs.len() => {
-                for (job, answer) in jobs.into_iter().zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
-                }
+            .await?;
+        if answers.len() == jobs.len() {
+            Ok(answers)
+        } else {
+            Err(Cause::Server)
+        }
+    }
+}
+
+/// Hands each job its answer from one call.
+fn deliver(jobs: Vec<Job>, reply: Result<Vec<Value>, Cause>) {
+    match reply {
+        Ok(answers) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                let _ = job.reply.send(Ok(answer));
             }
-            other => {
-                let cause = other.err().unwrap_or(Cause::Server);
-                for job in jobs {
-                    let _ = job.reply.send(Err(cause));
-                }
+        }
+        Err(cause) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(cause));
             }
         }
     }
@@ -732,7 +768,8 @@ async fn batch_jobs(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, ba
     loop {
         tokio::select! {
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            n = queue.recv_many(&mut jobs, batch), if in_flight.len() < link.conns.len() => {
+            n = queue.recv_many(&mut jobs, if link.single.load(Ordering::Relaxed) { 1 } else { batch }),
+                if in_flight.len() < link.conns.len() => {
                 if n == 0 {
                     break;
                 }
