@@ -517,10 +517,10 @@ async fn a_cluster_that_refuses_multi_slot_calls_gets_one_key_per_call() {
             Err(e) => panic!("redis-server did not start: {e}"),
         }
     };
+    // ADDSLOTS (not Redis 7's ADDSLOTSRANGE): any packaged redis-server has it.
     let _: () = redis::cmd("CLUSTER")
-        .arg("ADDSLOTSRANGE")
-        .arg(0)
-        .arg(16383)
+        .arg("ADDSLOTS")
+        .arg((0..16384).collect::<Vec<u32>>())
         .query(&mut con)
         .unwrap();
     while !redis::cmd("CLUSTER")
