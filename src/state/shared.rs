@@ -681,11 +681,12 @@ impl Link {
     /// Sends `jobs` as one script call and hands each its answer. A Redis that refuses keys
     /// of several slots in one call gets them one call each, now and from then on.
     async fn send(&self, jobs: Vec<Job>) {
-        let reply = self.call(&jobs).await;
+        let crossed = AtomicBool::new(false);
+        let reply = self.call(&jobs, &crossed).await;
         self.metrics.backend.batch(jobs.len());
-        if reply.is_err() && jobs.len() > 1 && self.single.load(Ordering::Relaxed) {
+        if crossed.load(Ordering::Relaxed) && jobs.len() > 1 {
             for job in jobs {
-                let reply = self.call(std::slice::from_ref(&job)).await;
+                let reply = self.call(std::slice::from_ref(&job), &crossed).await;
                 self.metrics.backend.batch(1);
                 deliver(vec![job], reply);
             }
@@ -696,8 +697,9 @@ impl Link {
 
     /// One script call over `jobs`. It is one `Cmd` (one buffer for every argument), not a
     /// `ScriptInvocation` (a buffer per argument, then copied into a `Cmd`); a Redis that lost
-    /// the script (a restart) is sent it once.
-    async fn call(&self, jobs: &[Job]) -> Result<Vec<Value>, Cause> {
+    /// the script (a restart) is sent it once. A CROSSSLOT refusal sets `crossed`, and makes
+    /// every later call carry one key.
+    async fn call(&self, jobs: &[Job], crossed: &AtomicBool) -> Result<Vec<Value>, Cause> {
         let mut cmd = redis::Cmd::with_capacity(
             3 + 4 * jobs.len(),
             64 + jobs.len() * (std::mem::size_of::<KeyBytes>() + 8 + VALUE_CAP + 24),
@@ -724,6 +726,7 @@ impl Link {
                 };
                 if let Err(e) = &reply
                     && e.kind() == redis::ErrorKind::Server(ServerErrorKind::CrossSlot)
+                    && !crossed.swap(true, Ordering::Relaxed)
                     && !single.swap(true, Ordering::Relaxed)
                 {
                     tracing::warn!(
