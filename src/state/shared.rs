@@ -769,10 +769,14 @@ async fn batch_jobs(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, ba
     let mut in_flight = FuturesUnordered::new();
     let mut jobs = Vec::with_capacity(batch);
     loop {
+        let limit = if link.single.load(Ordering::Relaxed) {
+            1
+        } else {
+            batch
+        };
         tokio::select! {
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            n = queue.recv_many(&mut jobs, if link.single.load(Ordering::Relaxed) { 1 } else { batch }),
-                if in_flight.len() < link.conns.len() => {
+            n = queue.recv_many(&mut jobs, limit), if in_flight.len() < link.conns.len() => {
                 if n == 0 {
                     break;
                 }
