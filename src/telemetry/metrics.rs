@@ -576,7 +576,7 @@ impl ExternalMetrics {
 
 /// The shared state backend's instruments (`--state-backend redis://…`).
 pub struct BackendMetrics {
-    /// Time of one Redis operation (a compare-and-set, a read, a ping).
+    /// Time of one Redis call (a batch of compare-and-sets, a read, a ping).
     pub latency: Histogram,
     conflicts: AtomicU64,
     degraded: AtomicU64,
@@ -967,7 +967,7 @@ impl Metrics {
         self.backend.latency.render(
             &mut out,
             "threadwarden_state_backend_duration_seconds",
-            "Time of one shared-state (Redis) operation.",
+            "Time of one shared-state (Redis) call: a batch of compare-and-sets, a read or a ping.",
         );
         self.external.latency.render(
             &mut out,
