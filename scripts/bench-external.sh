@@ -54,20 +54,12 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 python3 - "$OUT" "$RUNS" "$DELAY" <<'PY' | tee "$OUT/external.md"
-import json, statistics, sys
+import json, sys
+sys.path.insert(0, "scripts")
+from loadgen_report import med, pair, runs_of, spread
 out, runs, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def load(kind):
     return [json.load(open(f"{out}/{kind}-{i}.json")) for i in range(1, runs + 1)]
-def runs_of(rounds, name):
-    for r in rounds:
-        for sc in r["scenarios"]:
-            if sc["id"] == name:
-                yield from sc["runs"]
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else float("nan")
-def spread(xs):
-    return f"{med(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})"
 print("| setting | scenario | tier on events/s | tier off events/s | ratio on/off | on p50 / p99 µs | off p50 / p99 µs |")
 print("|---|---|---:|---:|---:|---:|---:|")
 rows = [("configured, never called", "never", ["pipelined", "streams", "latency"]),
@@ -80,11 +72,7 @@ for label, kind, names in rows:
         on = [r["sidecar"]["events_per_sec"] for r in rs]
         off = [r["echo"]["events_per_sec"] for r in rs]
         ratio = [a / b for a, b in zip(on, off)]
-        def pair(side):
-            p50 = [((r[side].get("latency") or {}).get("p50_us")) for r in rs]
-            p99 = [((r[side].get("latency") or {}).get("p99_us")) for r in rs]
-            return "–" if p50[0] is None else f"{med(p50):.0f} / {med(p99):.0f}"
-        print(f"| {label} | {name} | {spread(on)} | {spread(off)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair('sidecar')} | {pair('echo')} |")
+        print(f"| {label} | {name} | {spread(on)} | {spread(off)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair(rs, 'sidecar')} | {pair(rs, 'echo')} |")
 for kind in ["uncertain", "always"]:
     calls = [int(open(f"{out}/{kind}-{i}.calls").read()) for i in range(1, runs + 1)]
     print(f"\n`{kind}`: calls to the fake per round: {', '.join(map(str, calls))}")

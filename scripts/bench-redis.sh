@@ -67,43 +67,31 @@ cli info commandstats >"$OUT/commandstats.txt"
 redis-benchmark -p "$PORT" -n 20000 -c 1 -t get --csv >"$OUT/floor.csv" 2>/dev/null
 
 python3 - "$OUT" "$RUNS" <<'EOF' | tee "$OUT/redis.md"
-import csv, json, os, statistics, sys
+import csv, json, os, sys
+sys.path.insert(0, "scripts")
+from loadgen_report import latency, med, pair, runs_of, spread
 out, runs = sys.argv[1], int(sys.argv[2])
 rounds = [json.load(open(f"{out}/round-{i}.json")) for i in range(1, runs + 1)]
 mem = [json.load(open(f"{out}/round-{i}.redis.json")) for i in range(1, runs + 1)]
-def runs_of(name):
-    for r in rounds:
-        for sc in r["scenarios"]:
-            if sc["id"] == name:
-                yield from sc["runs"]
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else float("nan")
-def spread(xs):
-    xs = [x for x in xs if x is not None]
-    return f"{med(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})" if xs else "–"
 print("| scenario | Redis events/s | memory events/s | ratio Redis/memory | Redis p50 / p99 µs | memory p50 / p99 µs | added p50 / p99 µs |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for name in ["pipelined", "streams", "latency", "latency-streams"]:
-    rs = list(runs_of(name))
+    rs = list(runs_of(rounds, name))
     if not rs:
         continue
     red = [r["sidecar"]["events_per_sec"] for r in rs]
     memo = [r["echo"]["events_per_sec"] for r in rs]
     ratio = [a / b for a, b in zip(red, memo)]
-    lat = lambda side, k: [((r[side].get("latency") or {}).get(k)) for r in rs]
-    def pair(side):
-        p50, p99 = lat(side, "p50_us"), lat(side, "p99_us")
-        return "–" if p50[0] is None else f"{med(p50):.0f} / {med(p99):.0f}"
+    lat = lambda side, k: latency(rs, side, k)
     added = "–" if lat("sidecar", "p50_us")[0] is None else \
         f"{med([a - b for a, b in zip(lat('sidecar', 'p50_us'), lat('echo', 'p50_us'))]):.0f} / " \
         f"{med([a - b for a, b in zip(lat('sidecar', 'p99_us'), lat('echo', 'p99_us'))]):.0f}"
-    print(f"| {name} | {spread(red)} | {spread(memo)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair('sidecar')} | {pair('echo')} | {added} |")
+    print(f"| {name} | {spread(red)} | {spread(memo)} | {med(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}) | {pair(rs, 'sidecar')} | {pair(rs, 'echo')} | {added} |")
 cold = json.load(open(f"{out}/cold.json"))["scenarios"][0]["runs"][0]
 print(f"| streams, cold (no priming; Redis holds the threads) | {cold['sidecar']['events_per_sec']:,.0f} | "
       f"{cold['echo']['events_per_sec']:,.0f} | {cold['sidecar']['events_per_sec'] / cold['echo']['events_per_sec']:.3f} | – | – | – |")
-cpu = lambda name, side: med([r[side]["server_cpu_us_per_event"] for r in runs_of(name)])
-cls = lambda name: med([r["sidecar"]["server_classify_us"] for r in runs_of(name)])
+cpu = lambda name, side: med([r[side]["server_cpu_us_per_event"] for r in runs_of(rounds, name)])
+cls = lambda name: med([r["sidecar"]["server_classify_us"] for r in runs_of(rounds, name)])
 print(f"\nSidecar CPU per event at 64 streams: Redis {cpu('streams', 'sidecar'):.1f} µs "
       f"(classification in the server {cls('streams'):.1f} µs), memory {cpu('streams', 'echo'):.1f} µs.")
 stats = {}

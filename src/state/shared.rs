@@ -767,7 +767,7 @@ fn deliver(jobs: Vec<Job>, reply: Result<Vec<Value>, Cause>) {
 /// calls in flight.
 async fn batch_jobs(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, batch: usize) {
     let mut in_flight = FuturesUnordered::new();
-    let mut jobs = Vec::with_capacity(batch);
+    let mut jobs = Vec::new();
     loop {
         let limit = if link.single.load(Ordering::Relaxed) {
             1
@@ -781,7 +781,9 @@ async fn batch_jobs(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, ba
                     break;
                 }
                 let link = link.clone();
-                let ready = std::mem::replace(&mut jobs, Vec::with_capacity(batch));
+                // The next batch is sized like this one: a lone event does not allocate room
+                // for `batch` jobs (~170 bytes each), and a busy queue does not grow by doubling.
+                let ready = std::mem::replace(&mut jobs, Vec::with_capacity(n));
                 in_flight.push(async move { link.send(ready).await });
             }
         }
